@@ -9,14 +9,14 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("alloy.commands.merge", "merge parent checkpoints by a recipe into a new checkpoint"),
     "inspect": ("alloy.commands.inspect", "print a checkpoint's tensor groups (or parent distances)"),
-    "sweep": ("alloy.search.commands.sweep", "search merge recipes (Ray Tune + Optuna, ASHA) into a leaderboard"),
-    "board": ("alloy.search.commands.board", "print a sweep's leaderboard, best first"),
-    "report": ("alloy.search.commands.report", "write a sweep's HTML report (Pareto front, coefficients)"),
-    "eval": ("alloy.evaluation.command", "score a checkpoint on alloy's lm-eval tasks, with output-token counts"),
-    "export": ("alloy.search.commands.export", "write a sweep's candidate as a Hugging Face checkpoint"),
+    "sweep": ("alloy.commands.sweep", "search merge recipes (Ray Tune + Optuna, ASHA) into a leaderboard"),
+    "board": ("alloy.commands.board", "print a sweep's leaderboard, best first"),
+    "report": ("alloy.commands.report", "write a sweep's HTML report (Pareto front, coefficients)"),
+    "eval": ("alloy.commands.eval", "score a checkpoint on alloy's lm-eval tasks, with output-token counts"),
+    "export": ("alloy.commands.export", "write a sweep's candidate as a Hugging Face checkpoint"),
     "submit": ("alloy.commands.submit", "submit a sweep to a Ray cluster as a job and follow its logs"),
-    "demo": ("alloy.demo.command", "run the whole pipeline locally on tiny models (make demo)"),
-    "branch": ("alloy.branch.command", "fine-tune a backbone into one expert per domain (Ray Train)"),
+    "demo": ("alloy.commands.demo", "run the whole pipeline locally on tiny models (make demo)"),
+    "branch": ("alloy.commands.branch", "fine-tune a backbone into one expert per domain (Ray Train)"),
 }
 
 

@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import lerp_bound_gbps, make_parents  # noqa: E402
 
-from alloy.builder import builder_actor  # noqa: E402
-from alloy.merge import run_merge  # noqa: E402
-from alloy.plan import plan_merge  # noqa: E402
-from alloy.recipe import Recipe  # noqa: E402
-from alloy.store import start_stores  # noqa: E402
+from alloy.workers.builder import builder_actor  # noqa: E402
+from alloy.merge.executor import run_merge  # noqa: E402
+from alloy.merge.plan import plan_merge  # noqa: E402
+from alloy.merge.recipe import Recipe  # noqa: E402
+from alloy.workers.store import start_stores  # noqa: E402
 
 
 def candidate(parents: list[Path], i: int) -> dict:

@@ -24,10 +24,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of, lerp_bound_gbps, make_parents  # noqa: E402
 
-from alloy.checkpoint import Checkpoint  # noqa: E402
-from alloy.merge import finalize_tensor, merge_tensor, read_task_inputs, run_merge  # noqa: E402
-from alloy.plan import plan_merge  # noqa: E402
-from alloy.recipe import Recipe  # noqa: E402
+from alloy.io.checkpoint import Checkpoint  # noqa: E402
+from alloy.merge.executor import finalize_tensor, merge_tensor, read_task_inputs, run_merge  # noqa: E402
+from alloy.merge.plan import plan_merge  # noqa: E402
+from alloy.merge.recipe import Recipe  # noqa: E402
 
 
 class MemorySource:

@@ -6,7 +6,7 @@ takes an address), so the same arguments as on a laptop run on the cluster.
 import sys
 
 from alloy.cli import main
-from alloy.jobs import job_argv
+from alloy.commands.jobs import job_argv
 
 if __name__ == "__main__":
     sys.exit(main(job_argv("eval", sys.argv[1:])))

@@ -30,8 +30,8 @@ def to_fp8_checkpoint(src: Path, dst: Path, block: tuple[int, int] = (128, 128))
 
     from safetensors.torch import load_file, save_file
 
-    from alloy.fp8 import quantize
-    from alloy.groups import preset_for
+    from alloy.io.fp8 import quantize
+    from alloy.merge.groups import preset_for
 
     dst.mkdir(parents=True)
     config = json.loads((src / "config.json").read_text())

@@ -206,10 +206,10 @@ def test_bad_inputs_fail_before_ray_starts(workspace, tmp_path, monkeypatch):
 
 
 def test_cli_pairs_and_registration():
-    from alloy.branch.command import parse_pairs
+    from alloy.commands.branch import parse_pairs
     from alloy.cli import COMMANDS
 
-    assert COMMANDS["branch"][0] == "alloy.branch.command"
+    assert COMMANDS["branch"][0] == "alloy.commands.branch"
     assert parse_pairs(["math=a.jsonl", "code=b=c.jsonl"], "--data") == {"math": "a.jsonl", "code": "b=c.jsonl"}
     with pytest.raises(AlloyError, match="DOMAIN=FILE"):
         parse_pairs(["math.jsonl"], "--data")
@@ -280,7 +280,7 @@ def test_resume_continues_from_the_latest_checkpoint(workspace, first_run):
 
 @pytest.mark.slow
 def test_cli_rerun_keeps_existing_experts(workspace, first_run, capsys):
-    from alloy.branch import command
+    from alloy.commands import branch as command
 
     out, _ = first_run
     parser = argparse.ArgumentParser()

@@ -31,7 +31,7 @@ def test_demo_pipeline_small(tmp_path, capsys):
 def test_shipped_demo_space_parses():
     from pathlib import Path
 
-    from alloy.recipe import Recipe
+    from alloy.merge.recipe import Recipe
     from alloy.search.space import load_space
 
     space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml", check_paths=False)

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from alloy.cli import COMMANDS
-from alloy.reference import methods_table
+from alloy.merge.reference import methods_table
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

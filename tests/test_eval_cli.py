@@ -97,7 +97,7 @@ def test_eval_scripted_checkpoint_scores(data_dir, tmp_path, tiny_tokenizer, cap
 ])
 def test_bad_input_fails_before_loading_a_model(args, message, tiny_checkpoint, data_dir, tmp_path,
                                                 monkeypatch, capsys):
-    from alloy.evaluation import command
+    from alloy.commands import eval as command
 
     def no_loading(*_):
         raise AssertionError("the model was loaded before the input was checked")
@@ -109,7 +109,7 @@ def test_bad_input_fails_before_loading_a_model(args, message, tiny_checkpoint, 
 
 
 def test_missing_data_file_and_vllm_fail_before_loading(tiny_checkpoint, tmp_path, shared_data, monkeypatch, capsys):
-    from alloy.evaluation import command
+    from alloy.commands import eval as command
 
     monkeypatch.setattr(command, "_load_model", lambda *_: pytest.fail("model loaded"))
     assert cli.main(["eval", str(tiny_checkpoint), "--tasks", "gpqa_diamond", "--data-dir", str(shared_data)]) == 2
@@ -124,7 +124,7 @@ def test_importing_the_command_stays_light():
     import subprocess
     import sys
 
-    probe = ("import sys, alloy.cli, alloy.evaluation, alloy.evaluation.command\n"
+    probe = ("import sys, alloy.cli, alloy.evaluation, alloy.commands.eval\n"
              "heavy = [m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules]\n"
              "assert not heavy, heavy\n"
              "from alloy.evaluation import BudgetForcing, RungEvaluator, evaluate\n"

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from alloy.cli import main
-from alloy.groups import preset_for
+from alloy.merge.groups import preset_for
 from tests.parents import read_all, to_fp8_checkpoint, write_parents
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe", "deepseek_v3")
@@ -88,7 +88,7 @@ def test_aoe_one_hot_routed_experts_is_bit_exact(tmp_path, tiny_tokenizer, arch)
 
 
 def test_fp8_parents_merge_to_fp8_and_to_bf16(tmp_path, tiny_tokenizer):
-    from alloy.fp8 import dequantize
+    from alloy.io.fp8 import dequantize
 
     bf16 = write_parents(tmp_path, "deepseek_v3", tiny_tokenizer, n=2, dtype=torch.bfloat16)
     fp8 = [to_fp8_checkpoint(p, tmp_path / f"fp8_{i}", block=(32, 32)) for i, p in enumerate(bf16)]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from alloy.cli import main
-from alloy.recipe import Recipe
+from alloy.merge.recipe import Recipe
 from tests.parents import write_parents
 
 
@@ -136,8 +136,8 @@ def test_output_exists(tmp_path, parents, capsys):
 
 
 def test_interrupted_merge_leaves_nothing(tmp_path, parents):
-    from alloy.merge import run_merge
-    from alloy.plan import plan_merge
+    from alloy.merge.executor import run_merge
+    from alloy.merge.plan import plan_merge
 
     plan = plan_merge(Recipe.from_dict(linear(*parents)))
 

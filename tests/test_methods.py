@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alloy.errors import AlloyError
-from alloy.methods import METHODS, MergeInputs, get_method
+from alloy.merge.methods import METHODS, MergeInputs, get_method
 
 EXPECTED = {"linear", "aoe", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
             "breadcrumbs_ties", "della", "della_linear", "slerp", "nuslerp", "model_stock", "arcee_fusion",
@@ -154,7 +154,7 @@ def test_aoe_one_hot_and_identical_models():
     copies = [base.clone(), base.clone()]
     out = merge("aoe", [base, *copies], [{"weight": 0.1}, {"weight": 0.4}, {"weight": 0.5}], base=base, base_index=0)
     assert torch.equal(out, base)
-    from alloy.methods.aoe import tensor_distance
+    from alloy.merge.methods.aoe import tensor_distance
     assert tensor_distance(models[0], base) == pytest.approx(_distance(models[0], base, "relative"), rel=1e-7)
     assert tensor_distance(models[0], base, "rms") == pytest.approx(_distance(models[0], base, "rms"), rel=1e-7)
     assert tensor_distance(models[0], torch.zeros(SHAPE)) == math.inf
@@ -445,7 +445,7 @@ def exact_fusion_mask(base: torch.Tensor, model: torch.Tensor) -> np.ndarray:
 
 
 def test_arcee_fusion_decisions_on_nearly_identical_rows_are_exact_where_float32_is_not():
-    from alloy.methods.arcee_fusion import fusion_mask
+    from alloy.merge.methods.arcee_fusion import fusion_mask
     from alloy.tiny import perturbed_copy
 
     # A tiny Llama's q_proj (hidden size 64) as transformers initializes it, and a fine-tune stand-in

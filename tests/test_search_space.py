@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from alloy.errors import AlloyError
-from alloy.recipe import Recipe
+from alloy.merge.recipe import Recipe
 from alloy.search.leaderboard import pareto_mask
 from alloy.search.runner import SyntheticRunner, make_runner
 from alloy.search.space import SearchSpace, load_space, simplex_from_unit, unit_from_simplex

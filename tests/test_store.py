@@ -49,7 +49,7 @@ def disk_child(tmp_path, recipe: dict, tag: str) -> dict[str, torch.Tensor]:
 
 
 def store_digest(sweep: str) -> str:
-    from alloy.store import connect_stores, merged_manifest
+    from alloy.workers.store import connect_stores, merged_manifest
 
     manifest = merged_manifest(connect_stores(sweep))
     h = hashlib.sha256()
@@ -63,8 +63,8 @@ def store_digest(sweep: str) -> str:
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
 def test_builders_match_alloy_merge(tmp_path, tiny_tokenizer, local_ray, arch):
-    from alloy.builder import builder_actor
-    from alloy.store import start_stores
+    from alloy.workers.builder import builder_actor
+    from alloy.workers.store import start_stores
 
     parents = write_parents(tmp_path, arch, tiny_tokenizer, n=3, dtype=torch.bfloat16)
     sweep = f"t-{arch}"
@@ -104,8 +104,8 @@ def test_builders_match_alloy_merge(tmp_path, tiny_tokenizer, local_ray, arch):
 
 
 def test_store_restart_and_bad_recipes(tmp_path, tiny_tokenizer, local_ray):
-    from alloy.builder import builder_actor
-    from alloy.store import start_stores
+    from alloy.workers.builder import builder_actor
+    from alloy.workers.store import start_stores
 
     parents = write_parents(tmp_path, "qwen3_moe", tiny_tokenizer, n=3, dtype=torch.bfloat16)
     (other,) = write_parents(tmp_path / "dense", "llama", tiny_tokenizer, n=1, dtype=torch.bfloat16)
@@ -138,7 +138,7 @@ def test_store_restart_and_bad_recipes(tmp_path, tiny_tokenizer, local_ray):
 
 
 def test_store_refuses_what_does_not_fit(local_ray):
-    from alloy.store import _check_capacity
+    from alloy.workers.store import _check_capacity
 
     with pytest.raises(AlloyError, match="object-store-memory"):
         _check_capacity(10**15, 0)

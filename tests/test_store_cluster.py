@@ -11,8 +11,8 @@ from tests.test_store import disk_child
 def test_store_and_builder_on_two_nodes(tmp_path, tiny_tokenizer):
     from ray.cluster_utils import Cluster
 
-    from alloy.builder import builder_actor
-    from alloy.store import start_stores
+    from alloy.workers.builder import builder_actor
+    from alloy.workers.store import start_stores
 
     parents = write_parents(tmp_path, "qwen3_moe", tiny_tokenizer, n=2, dtype=torch.bfloat16)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"store_node": 1},

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from alloy.atomic import atomic_dir, atomic_write_text
+from alloy.io.atomic import atomic_dir, atomic_write_text
 from alloy.branch.data import EncodedExample, encode_traces, load_chat_tokenizer, pad_id, read_traces
 from alloy.errors import AlloyError
 

@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alloy.checkpoint import Checkpoint
-    from alloy.inspection import group_summary, render_distances, render_summary
+    from alloy.io.checkpoint import Checkpoint
+    from alloy.commands.inspection import group_summary, render_distances, render_summary
 
     from alloy.errors import AlloyError
 

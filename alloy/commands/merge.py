@@ -16,9 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alloy.merge import run_merge
-    from alloy.plan import plan_merge
-    from alloy.recipe import load_recipe
+    from alloy.merge.executor import run_merge
+    from alloy.merge.plan import plan_merge
+    from alloy.merge.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     plan = plan_merge(recipe, args.models_dir)

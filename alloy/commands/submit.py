@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alloy.jobs import submit
+    from alloy.commands.jobs import submit
 
     extra = [*(["--out", args.out] if args.out else []), *(["--resume"] if args.resume else []),
              *(["--storage", args.storage] if args.storage else [])]

@@ -41,7 +41,7 @@ def build_backbone(out_dir: str | Path, traces: Sequence[Mapping[str, str]], *, 
 
     import torch
 
-    from alloy.atomic import atomic_dir
+    from alloy.io.atomic import atomic_dir
     from alloy.branch.data import Trace, collate, encode_traces, pad_id
     from alloy.tiny import make_tiny_model, save_tiny_checkpoint, train_tokenizer
 

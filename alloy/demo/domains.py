@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from alloy.atomic import atomic_write_text
+from alloy.io.atomic import atomic_write_text
 from alloy.errors import AlloyError
 from alloy.evaluation.datasets import gpqa_records
 from alloy.evaluation.livecodebench import build_prompt, extract_code, stdout_matches

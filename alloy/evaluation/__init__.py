@@ -1,7 +1,8 @@
 """Evaluation: lm-eval on in-memory children, output-token counts, budget forcing, nested rungs.
 
 The public names below are imported on first use, so that importing `alloy.evaluation` stays light
-(no torch, transformers or lm_eval until a name is used).
+(no torch, transformers or lm_eval until a name is used). Imports `alloy.sandbox` and `alloy.io`,
+never the merge, worker or search layers.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Search over merge recipes: search spaces, the Ray Tune + Optuna sweep, the leaderboard and its reports.
 
-Modules: `space` (the search-space YAML and its sampling), `runner` (what scores one candidate),
-`sweep` (Ray Tune + OptunaSearch + ASHA, resumable), `leaderboard` (the Parquet table), `report` (the
-HTML report) and `commands` (`alloy sweep`, `alloy board`, `alloy report`). Importing this package is
-light; each module imports its heavy dependencies itself.
+Modules: `space` (the search-space YAML and its sampling), `runner` (what scores one candidate, and
+the plain worker settings made from a space), `synthetic` (the known test objective), `sweep` (Ray
+Tune + OptunaSearch + ASHA, resumable), `cache` (results by recipe and rung), `leaderboard` (the
+Parquet table) and `report` (the HTML report). Imports `alloy.workers`, `alloy.merge` and `alloy.io`;
+importing this package is light, each module imports its heavy dependencies itself.
 """

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from alloy.atomic import atomic_write_text
+from alloy.io.atomic import atomic_write_text
 
 
 class ResultCache:

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from alloy.atomic import atomic_write_text
+from alloy.io.atomic import atomic_write_text
 from alloy.search.leaderboard import PARAM_PREFIX, leaderboard_meta, read_leaderboard
 from alloy.search.space import is_token_metric
 

@@ -1,5 +1,6 @@
-"""What scores one candidate of a sweep: the `CandidateRunner` protocol, the synthetic runner and the
-registry the sweep picks a runner from (`evaluation.runner` in the search space).
+"""What scores one candidate of a sweep: the `CandidateRunner` protocol and the registry the sweep
+picks a runner from (`evaluation.runner` in the search space): `synthetic` (alloy.search.synthetic)
+or `lm_eval` (the workers of alloy.workers.pool, given plain settings made from the space here).
 
 A runner turns (recipe, recipe hash, sample count) into metrics: every objective's metric, the
 output-token statistics, `merge_s` and `eval_s`. It raises for a candidate that cannot be built or
@@ -7,23 +8,12 @@ evaluated; the sweep records that trial as failed and goes on.
 """
 from __future__ import annotations
 
-import hashlib
-import math
-import random
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 from alloy.errors import AlloyError
-from alloy.groups import GROUPS
-
-if TYPE_CHECKING:
-    from alloy.search.space import SearchSpace
-
-# How much each tensor group's mix matters to the synthetic score.
-GROUP_IMPORTANCE: dict[str, float] = {"routed_experts": 4.0, "attention": 2.0, "mlp": 2.0, "shared_experts": 1.0,
-                                      "router": 1.0, "embed": 0.5, "lm_head": 0.5, "norm": 0.25, "other": 0.25}
+from alloy.search.space import SearchSpace, is_token_metric
+from alloy.search.synthetic import SyntheticOptions, SyntheticRunner
 
 
 class CandidateRunner(Protocol):
@@ -34,193 +24,39 @@ class CandidateRunner(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SyntheticOptions:
-    """Knobs of the synthetic runner (`evaluation.synthetic` in a search space).
-
-    target: the best mix over the parents (label → weight, normalized), for every group;
-    group_targets: group → mix, overriding `target` for that group;
-    threshold: the best AoE threshold δ*; noise: score noise (standard deviation at one sample);
-    tokens: mean output tokens of a child that is all first parent; verbosity: label → extra tokens per
-    unit of that parent's weight (relative; default: 0 for the first parent rising to 1 for the last);
-    fail_fraction: the share of recipes (picked by hash) whose evaluation raises;
-    seconds_per_sample: time the evaluation sleeps per sample.
-    """
-
-    labels: tuple[str, ...]
-    target: tuple[float, ...]
-    group_targets: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-    threshold: float = 0.01
-    noise: float = 0.05
-    tokens: float = 4000.0
-    verbosity: tuple[float, ...] = ()
-    fail_fraction: float = 0.0
-    seconds_per_sample: float = 0.0
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], labels: Sequence[str], where: str) -> "SyntheticOptions":
-        """Validate `evaluation.synthetic`; errors name `where` and the key."""
-        labels = tuple(labels)
-        allowed = {"target", "group_targets", "threshold", "noise", "tokens", "verbosity", "fail_fraction",
-                   "seconds_per_sample", "seed"}
-        extra = set(raw) - allowed
-        if extra:
-            raise AlloyError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
-
-        def number(key: str, default: float, low: float, high: float = math.inf) -> float:
-            value = raw.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise AlloyError(f"{where}.{key}: expected a number in [{low}, {high}], got {value!r}")
-            return float(value)
-
-        def mix(value: Any, key: str) -> tuple[float, ...]:
-            if not isinstance(value, Mapping) or not value or set(value) - set(labels):
-                raise AlloyError(f"{where}.{key}: expected a mapping parent label → weight over {list(labels)}")
-            weights = [value.get(label, 0.0) for label in labels]
-            bad = any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights)
-            if bad or sum(weights) <= 0:
-                raise AlloyError(f"{where}.{key}: weights must be non-negative numbers with a positive sum")
-            return tuple(w / sum(weights) for w in weights)
-
-        default_target = {label: i + 1.0 for i, label in enumerate(labels)}
-        target = mix(raw.get("target", default_target), "target")
-        group_targets = raw.get("group_targets") or {}
-        if not isinstance(group_targets, Mapping) or set(group_targets) - set(GROUPS):
-            raise AlloyError(f"{where}.group_targets: expected a mapping tensor group → mix; groups are {list(GROUPS)}")
-        verbosity = raw.get("verbosity", {label: i / max(1, len(labels) - 1) for i, label in enumerate(labels)})
-        if not isinstance(verbosity, Mapping) or set(verbosity) - set(labels) or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) for v in verbosity.values()):
-            raise AlloyError(f"{where}.verbosity: expected a mapping parent label → number")
-        seed = raw.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise AlloyError(f"{where}.seed: expected an integer, got {seed!r}")
-        return cls(labels=labels, target=target,
-                   group_targets={g: mix(v, f"group_targets.{g}") for g, v in group_targets.items()},
-                   threshold=number("threshold", 0.01, 1e-12), noise=number("noise", 0.05, 0.0),
-                   tokens=number("tokens", 4000.0, 1.0),
-                   verbosity=tuple(float(verbosity.get(label, 0.0)) for label in labels),
-                   fail_fraction=number("fail_fraction", 0.0, 0.0, 1.0),
-                   seconds_per_sample=number("seconds_per_sample", 0.0, 0.0), seed=seed)
-
-
-class SyntheticRunner:
-    """A smooth known function of a recipe's coefficients plus seeded noise that shrinks as 1/√n.
-
-    Per tensor group g the recipe gives a mix w_g over the parents (normalized weights, per-layer
-    gradients averaged; uniform for methods without weights) and, for methods with a `threshold`,
-    a threshold δ_g. With targets t_g and importances a_g (`GROUP_IMPORTANCE`):
-
-        q = exp(−Σ_g a_g·(‖w_g − t_g‖² + 0.1·log10(δ_g/δ*)²))        (1 at the optimum)
-        score_j = (0.1 + 0.05·j) + 0.7·q        for the j-th score objective (clipped to [0, 1])
-        tokens_mean = tokens·(1 + Σ_i verbosity_i·m_i), m = the importance-weighted mean mix
-
-    No model is built; it exists to test the search and to try a search space end to end.
-    """
-
-    def __init__(self, metrics: Sequence[str], options: SyntheticOptions):
-        from alloy.search.space import is_token_metric
-
-        self.score_metrics = [m for m in metrics if not is_token_metric(m)]
-        self.options = options
-
-    def run(self, recipe: dict, recipe_hash: str, n_samples: int) -> dict[str, float]:
-        """Metrics of `recipe` at `n_samples` samples (deterministic for a given hash and count)."""
-        start = time.perf_counter()
-        o = self.options
-        if o.fail_fraction and int(recipe_hash[:8], 16) / 2 ** 32 < o.fail_fraction:
-            raise RuntimeError(f"synthetic failure for recipe {recipe_hash} (evaluation.synthetic.fail_fraction)")
-        quality, mix = self.quality(recipe)
-        merge_s = time.perf_counter() - start
-        if o.seconds_per_sample:
-            time.sleep(o.seconds_per_sample * n_samples)
-        spread = o.noise / math.sqrt(n_samples)
-        out: dict[str, float] = {}
-        for j, metric in enumerate(self.score_metrics):
-            noisy = self.expected_score(j, quality) + self._noise(recipe_hash, n_samples, metric) * spread
-            out[metric] = min(1.0, max(0.0, noisy))
-        tokens = self.expected_tokens(mix) * math.exp(self._noise(recipe_hash, n_samples, "tokens") * spread)
-        out.update(tokens_mean=tokens, tokens_median=0.9 * tokens, tokens_p90=1.8 * tokens,
-                   thinking_tokens_mean=0.8 * tokens, thinking_tokens_median=0.72 * tokens,
-                   thinking_tokens_p90=1.44 * tokens)
-        out["merge_s"] = merge_s
-        out["eval_s"] = time.perf_counter() - start - merge_s
-        return out
-
-    def quality(self, recipe: dict) -> tuple[float, list[float]]:
-        """(q, importance-weighted mean mix over the parents) of a recipe, without noise."""
-        from alloy.methods import get_method
-        from alloy.recipe import Recipe, evaluate_setting
-
-        parsed = Recipe.from_dict(recipe, source="synthetic runner recipe")
-        o = self.options
-        if len(parsed.models) != len(o.labels):
-            raise AlloyError(f"synthetic runner: the recipe lists {len(parsed.models)} models, the search space "
-                             f"{len(o.labels)} parents")
-        total, mix = 0.0, [0.0] * len(o.labels)
-        for group in GROUPS:
-            choice = parsed.method_for(group)
-            spec = get_method(choice.method)
-            if spec.param("weight") is not None and spec.param("weight") in spec.model_params:
-                weights = [_mean_setting(p.get("weight", 0.0), evaluate_setting) for p in choice.model_parameters]
-            else:
-                weights = [1.0] * len(o.labels)
-            total_w = sum(weights)
-            weights = [w / total_w for w in weights] if total_w > 0 else [1.0 / len(weights)] * len(weights)
-            target = o.group_targets.get(group, o.target)
-            penalty = sum((w - t) ** 2 for w, t in zip(weights, target))
-            if spec.param("threshold") is not None:
-                delta = max(_mean_setting(choice.parameters.get("threshold", 0.0), evaluate_setting), 1e-12)
-                penalty += 0.1 * math.log10(delta / o.threshold) ** 2
-            a = GROUP_IMPORTANCE[group]
-            total += a * penalty
-            mix = [m + a * w for m, w in zip(mix, weights)]
-        norm = sum(GROUP_IMPORTANCE.values())
-        return math.exp(-total), [m / norm for m in mix]
-
-    @staticmethod
-    def expected_score(index: int, quality: float) -> float:
-        """The noise-free value of the `index`-th score objective at quality q."""
-        return (0.1 + 0.05 * index) + 0.7 * quality
-
-    def expected_tokens(self, mix: Sequence[float]) -> float:
-        """The noise-free mean output tokens of a child whose mean mix is `mix`."""
-        return self.options.tokens * (1.0 + sum(v * m for v, m in zip(self.options.verbosity, mix)))
-
-    def best_score(self, index: int = 0) -> float:
-        """The optimum of the `index`-th score objective (at q = 1)."""
-        return self.expected_score(index, 1.0)
-
-    def _noise(self, recipe_hash: str, n_samples: int, metric: str) -> float:
-        key = f"{self.options.seed}:{recipe_hash}:{n_samples}:{metric}".encode()
-        return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big")).gauss(0.0, 1.0)
-
-
-def _mean_setting(setting: Any, evaluate: Callable[[Any, str, float], Any]) -> float:
-    values = [evaluate(setting, "", t / 4) for t in range(5)]
-    return sum(float(v or 0.0) for v in values) / len(values)
-
-
-def _synthetic(space: "SearchSpace", sweep_dir: Path) -> CandidateRunner:
+def _synthetic(space: SearchSpace, sweep_dir: Path) -> CandidateRunner:
     options = SyntheticOptions.from_dict(space.evaluation.synthetic, space.labels,
                                          f"{space.source}: evaluation.synthetic")
-    return SyntheticRunner(space.metrics, options)
+    return SyntheticRunner([m for m in space.metrics if not is_token_metric(m)], options)
+
+
+def pool_settings(space: SearchSpace, sweep_dir: str | Path) -> Any:
+    """The plain settings the sweep's worker pool needs (alloy.workers.pool.PoolSettings)."""
+    from alloy.workers.pool import PoolSettings, sweep_id
+
+    ev = space.evaluation
+    options: dict[str, Any] = {"max_gen_toks": ev.max_gen_toks or 2048, "repeats": ev.repeats, "seed": space.search.seed,
+                               "data_dir": ev.data_dir, "max_thinking_tokens": ev.thinking_budget}
+    options.update(ev.generation)  # e.g. allow_code_execution: true, the opt-in LiveCodeBench needs
+    return PoolSettings(sweep=sweep_id(space.name, sweep_dir), models={path: path for _, path in space.models},
+                        base=space.base, tasks=tuple(ev.tasks), options=options, cpu=space.search.cpu,
+                        gpu=space.search.gpu, concurrency=space.search.concurrency)
 
 
 # evaluation.runner name → factory(space, sweep folder) -> CandidateRunner
-def _lm_eval(space: "SearchSpace", sweep_dir: Path) -> CandidateRunner:
-    from alloy.search.model_runner import LmEvalRunner
+def _lm_eval(space: SearchSpace, sweep_dir: Path) -> CandidateRunner:
+    from alloy.workers.pool import LmEvalRunner
 
-    return LmEvalRunner(space, sweep_dir)
-
-
-def _lm_eval_setup(space: "SearchSpace", sweep_dir: Path) -> None:
-    from alloy.search.model_runner import prepare
-
-    prepare(space, sweep_dir)
+    return LmEvalRunner(pool_settings(space, sweep_dir).sweep)
 
 
-RUNNERS: dict[str, Callable[["SearchSpace", Path], CandidateRunner]] = {
+def _lm_eval_setup(space: SearchSpace, sweep_dir: Path) -> None:
+    from alloy.workers.pool import prepare
+
+    prepare(pool_settings(space, sweep_dir))
+
+
+RUNNERS: dict[str, Callable[[SearchSpace, Path], CandidateRunner]] = {
     "synthetic": _synthetic,
     "lm_eval": _lm_eval,
 }
@@ -228,7 +64,7 @@ RUNNERS: dict[str, Callable[["SearchSpace", Path], CandidateRunner]] = {
 
 # evaluation.runner name → setup(space, sweep folder) run once by the driver after Ray starts and before
 # the first trial (e.g. to load parents and start long-lived workers); runners without one need none.
-RUNNER_SETUP: dict[str, Callable[["SearchSpace", Path], None]] = {"lm_eval": _lm_eval_setup}
+RUNNER_SETUP: dict[str, Callable[[SearchSpace, Path], None]] = {"lm_eval": _lm_eval_setup}
 
 # runners whose setup starts long-lived workers that hold the trial resources (GPUs, CPU slots) of the
 # search space; their Tune trials only lease a worker, so they take no CPU or GPU (Ray needs some
@@ -236,28 +72,28 @@ RUNNER_SETUP: dict[str, Callable[["SearchSpace", Path], None]] = {"lm_eval": _lm
 POOLED_RUNNERS = ("lm_eval",)
 
 
-def trial_resources(space: "SearchSpace") -> dict[str, float]:
+def trial_resources(space: SearchSpace) -> dict[str, float]:
     """What one Tune trial asks Ray for: the space's resources, or (pooled runners) none of its own."""
     if space.evaluation.runner in POOLED_RUNNERS:
         return {"cpu": 0, "gpu": 0, "memory": 2**20}
     return {"cpu": space.search.cpu, "gpu": space.search.gpu}
 
 
-def prepare_runner(space: "SearchSpace", sweep_dir: str | Path) -> None:
+def prepare_runner(space: SearchSpace, sweep_dir: str | Path) -> None:
     """Run the setup of the space's runner, when it has one (in the driver, with Ray started)."""
     setup = RUNNER_SETUP.get(space.evaluation.runner)
     if setup is not None:
         setup(space, Path(sweep_dir))
 
 
-def check_runner(space: "SearchSpace") -> None:
+def check_runner(space: SearchSpace) -> None:
     """AlloyError when the space names a runner alloy does not have."""
     if space.evaluation.runner not in RUNNERS:
         raise AlloyError(f"{space.source}: evaluation.runner: unknown runner '{space.evaluation.runner}'; "
                          f"known: {sorted(RUNNERS)}")
 
 
-def make_runner(space: "SearchSpace", sweep_dir: str | Path) -> CandidateRunner:
+def make_runner(space: SearchSpace, sweep_dir: str | Path) -> CandidateRunner:
     """The runner the search space names (`evaluation.runner`), for the sweep in `sweep_dir`."""
     check_runner(space)
     return RUNNERS[space.evaluation.runner](space, Path(sweep_dir))

@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from alloy.errors import AlloyError
-from alloy.groups import GROUPS
+from alloy.merge.groups import GROUPS
 
 DEFAULT_SCOPE = "default"
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
@@ -389,8 +389,8 @@ class SearchSpace:
 
     # ----------------------------------------------------------------------------------------------
     def _walk(self, draw: Draw) -> Candidate:
-        from alloy.methods import get_method
-        from alloy.recipe import Recipe
+        from alloy.merge.methods import get_method
+        from alloy.merge.recipe import Recipe
 
         params: dict[str, Any] = {}
 
@@ -440,7 +440,7 @@ def load_space(path: str | Path, check_paths: bool = True) -> SearchSpace:
 
     check_paths: require the parent folders (and evaluation.data_dir) to exist.
     """
-    from alloy.yaml_files import read_yaml
+    from alloy.io.yaml_files import read_yaml
 
     path = Path(path)
     return SearchSpace.from_dict(read_yaml(path, "search space"), source=str(path), base_dir=path.resolve().parent,
@@ -576,7 +576,7 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
                         document=document)
     _check_recipes(space)
     if evaluation.runner == "synthetic":
-        from alloy.search.runner import SyntheticOptions
+        from alloy.search.synthetic import SyntheticOptions
 
         SyntheticOptions.from_dict(evaluation.synthetic, labels, f"{source}: evaluation.synthetic")
     return space
@@ -634,7 +634,7 @@ def _resolve_parent(path: str, root: Path, where: str, source: str, check: bool)
 
 
 def _parse_scope(name: str, raw: Any, labels: tuple[str, ...], source: str) -> Scope:
-    from alloy.methods import METHODS, get_method
+    from alloy.merge.methods import METHODS, get_method
 
     where = "default" if name == DEFAULT_SCOPE else f"groups.{name}"
     raw = _mapping(raw, where, source)

@@ -29,7 +29,7 @@ import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from alloy.atomic import atomic_write_text
+from alloy.io.atomic import atomic_write_text
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
 from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard

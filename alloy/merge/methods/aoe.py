@@ -9,14 +9,14 @@ from typing import Any
 import torch
 
 from alloy.errors import AlloyError
-from alloy.methods.common import (
+from alloy.merge.methods.common import (
     define_method,
     normalized,
     squared_distance,
     weight_param,
     weighted_sum,
 )
-from alloy.methods.spec import MergeInputs, ParamSpec
+from alloy.merge.methods.spec import MergeInputs, ParamSpec
 
 THRESHOLD_NORMS = ("relative", "rms")
 

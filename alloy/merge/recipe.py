@@ -8,7 +8,7 @@ the tensor name wins; an entry without filter matches everything).
 
 Validation here needs no files: method and parameter names, value types and ranges, group names,
 model counts, required parameters. Checks against the parents (shapes, vocabularies) live in
-`alloy.plan`.
+`alloy.merge.plan`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from alloy.errors import AlloyError
-from alloy.groups import GROUPS
+from alloy.merge.groups import GROUPS
 
 COMPUTE_DTYPES = ("float32", "float64", "bfloat16", "float16")
 OUT_DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn")
@@ -78,7 +78,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<recipe>") -> "Recipe":
         """Parse and validate a recipe dict (mergekit config + `groups:`); raise AlloyError naming the key."""
-        from alloy.methods import get_method
+        from alloy.merge.methods import get_method
 
         if not isinstance(data, Mapping):
             raise AlloyError(f"{source}: a recipe is a mapping with at least merge_method and models")
@@ -157,7 +157,7 @@ class Recipe:
         Two recipes that differ only in spelling (key order, an explicit default, 1 vs 1.0, a seed
         of a recipe with no random method) have the same canonical form and hash.
         """
-        from alloy.methods import get_method
+        from alloy.merge.methods import get_method
 
         def fill(method: str, params: Mapping[str, Setting]) -> dict:
             spec = get_method(method)
@@ -209,7 +209,7 @@ class Recipe:
 
     # ----------------------------------------------------------------------------------------------
     def _validate(self) -> None:
-        from alloy.methods import get_method
+        from alloy.merge.methods import get_method
 
         names = [m.model for m in self.models]
         dupes = {n for n in names if names.count(n) > 1}
@@ -271,7 +271,7 @@ class Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read a recipe YAML file; errors name the file."""
-    from alloy.yaml_files import read_yaml
+    from alloy.io.yaml_files import read_yaml
 
     return Recipe.from_dict(read_yaml(path, "recipe file"), source=str(path))
 
@@ -332,7 +332,7 @@ def _parse_groups(raw: Any, models: set[str], source: str) -> dict[str, GroupOve
             raise AlloyError(f"{source}: groups.{name} may only set {sorted(_GROUP_KEYS)}")
         method = body.get("merge_method")
         if method is not None:
-            from alloy.methods import get_method
+            from alloy.merge.methods import get_method
 
             get_method(method)
         mp = body.get("model_parameters") or {}

@@ -12,15 +12,15 @@ from typing import Any
 import torch
 
 from alloy.errors import AlloyError
-from alloy.methods.common import (
+from alloy.merge.methods.common import (
     bool_param,
     define_method,
     other_models,
     weight_param,
     weight_sum,
 )
-from alloy.methods.sparsify import Pruning, prune
-from alloy.methods.spec import MergeInputs, MethodSpec, ParamSpec
+from alloy.merge.methods.sparsify import Pruning, prune
+from alloy.merge.methods.spec import MergeInputs, MethodSpec, ParamSpec
 
 
 def sign_consensus(weighted: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:

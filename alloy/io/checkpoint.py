@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from alloy.errors import AlloyError
-from alloy.fp8 import FP8_DTYPE, SCALE_SUFFIX, block_size, dequantize, is_fp8_config
+from alloy.io.fp8 import FP8_DTYPE, SCALE_SUFFIX, block_size, dequantize, is_fp8_config
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from alloy.methods.common import (
+from alloy.merge.methods.common import (
     bool_param,
     define_method,
     float64_dot,
@@ -15,7 +15,7 @@ from alloy.methods.common import (
     other_models,
     weighted_sum,
 )
-from alloy.methods.spec import MergeInputs
+from alloy.merge.methods.spec import MergeInputs
 
 # Cosines are divided by max(‖τ_i‖·‖τ_j‖, NORM_PRODUCT_EPS); |1 + (N − 1)cos θ| below SINGULAR_EPS keeps
 # the base (both as mergekit).

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from alloy.methods.common import (
+from alloy.merge.methods.common import (
     bool_param,
     define_method,
     float64_dot,
@@ -18,7 +18,7 @@ from alloy.methods.common import (
     weight_sum,
     weighted_sum,
 )
-from alloy.methods.spec import MergeInputs, ParamSpec
+from alloy.merge.methods.spec import MergeInputs, ParamSpec
 
 # slerp: |cos θ| above this counts as colinear and falls back to lerp (mergekit's DOT_THRESHOLD).
 SLERP_DOT_THRESHOLD = 0.9995

@@ -81,7 +81,7 @@ class MergeInputs:
     out: a preallocated tensor of the result's shape, dtype and device that a method may write its
         result into and return (saving an allocation and a copy); methods that cannot ignore it.
     base_distances: per listed model, its distances to the base already known for this tensor
-        ({"relative": …, "rms": …}, as `alloy.methods.aoe.tensor_distance` computes them from these
+        ({"relative": …, "rms": …}, as `alloy.merge.methods.aoe.tensor_distance` computes them from these
         very tensors), or None where unknown; methods that need them use these instead of a pass over
         the weights (the store computes them once while loading).
     """

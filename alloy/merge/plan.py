@@ -3,7 +3,7 @@
 Planning reads only configs, tokenizer files and safetensors headers, never tensor data, so every
 problem of a recipe with its parents (missing folders, different architectures, vocabularies, tensor
 names or shapes, bad parameter values for a tensor, weights summing to zero) is reported before any
-heavy work. Disk merges (`alloy.merge`) and in-memory builders execute the same plan.
+heavy work. Disk merges (`alloy.merge.executor`) and in-memory builders execute the same plan.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from alloy.checkpoint import Checkpoint
+from alloy.io.checkpoint import Checkpoint
 from alloy.errors import AlloyError
-from alloy.fp8 import FP8_DTYPE, SCALE_SUFFIX
-from alloy.groups import layer_index, preset_for
-from alloy.recipe import Recipe, evaluate_setting
-from alloy.shards import OutputTensor
+from alloy.io.fp8 import FP8_DTYPE, SCALE_SUFFIX
+from alloy.merge.groups import layer_index, preset_for
+from alloy.merge.recipe import Recipe, evaluate_setting
+from alloy.io.shards import OutputTensor
 
 _FP8_GROUPS = ("attention", "mlp", "shared_experts", "routed_experts")
 
@@ -135,7 +135,7 @@ def plan_merge(recipe: Recipe, base_dir: str | Path = ".", parents: Mapping[str,
 # --------------------------------------------------------------------------------------------------
 def _task(recipe: Recipe, name: str, group: str, template: Checkpoint, num_layers: int,
           parents: Mapping[str, Checkpoint]) -> TensorTask:
-    from alloy.methods import get_method
+    from alloy.merge.methods import get_method
 
     choice = recipe.method_for(group)
     spec = get_method(choice.method)
@@ -239,7 +239,7 @@ def _check_same_tensors(parents: Mapping[str, Checkpoint]) -> list[str]:
 
 
 def _fp8_block(parents: Mapping[str, Checkpoint]) -> tuple[int, int]:
-    from alloy.fp8 import block_size
+    from alloy.io.fp8 import block_size
 
     for p in parents.values():
         if p.is_fp8:

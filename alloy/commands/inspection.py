@@ -5,8 +5,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from alloy.checkpoint import Checkpoint
-from alloy.groups import GROUPS, preset_for
+from alloy.io.checkpoint import Checkpoint
+from alloy.merge.groups import GROUPS, preset_for
 
 
 @dataclass
@@ -50,7 +50,7 @@ def render_summary(ckpt: Checkpoint, groups: dict[str, GroupSummary]) -> str:
 
 def render_distances(base: Checkpoint, others: Sequence[Checkpoint]) -> str:
     """Per group and other checkpoint: median and max relative distance to `base`, and max rms distance."""
-    from alloy.stats import checkpoint_distances
+    from alloy.merge.stats import checkpoint_distances
 
     preset = preset_for(base.config)
     rows = [("group", "model", "tensors", "rel median", "rel max", "rms max", "identical")]

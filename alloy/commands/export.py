@@ -18,9 +18,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from alloy.errors import AlloyError
-    from alloy.merge import run_merge
-    from alloy.plan import plan_merge
-    from alloy.recipe import Recipe
+    from alloy.merge.executor import run_merge
+    from alloy.merge.plan import plan_merge
+    from alloy.merge.recipe import Recipe
     from alloy.search.leaderboard import leaderboard_meta, read_leaderboard
 
     table = read_leaderboard(args.sweep)

@@ -6,14 +6,14 @@ from typing import Any
 
 import torch
 
-from alloy.methods.common import (
+from alloy.merge.methods.common import (
     bool_param,
     define_method,
     normalized,
     weight_param,
     weighted_sum,
 )
-from alloy.methods.spec import MergeInputs, ParamSpec
+from alloy.merge.methods.spec import MergeInputs, ParamSpec
 
 
 def linear(inputs: MergeInputs, params: Mapping[str, Any]) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""The real runner of a sweep: children built in memory by long-lived workers and scored with lm-eval.
+"""The sweep's worker pool: children built in memory by long-lived workers and scored with lm-eval.
 
 Before the search starts, `prepare` loads the parents into the sweep's store actors and starts one
-`CandidateWorker` per concurrent trial (with the trial resources of the search space: a GPU, or CPU
+`CandidateWorker` per concurrent trial (with the trial resources of `PoolSettings`: a GPU, or CPU
 slots). A worker holds a `ChildBuilder` (one resident model) and a `RungEvaluator` on that model, so
 a trial never reloads parents or allocates a model: it leases a worker from the sweep's pool, which
 rebuilds its model in place when the recipe changes and scores only the documents the rung adds.
@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
 from alloy.errors import AlloyError
-
-if TYPE_CHECKING:
-    from alloy.search.space import SearchSpace
 
 POOL_NAMESPACE = "alloy"
 
@@ -27,16 +25,35 @@ POOL_NAMESPACE = "alloy"
 # and the workers should die with the driver that owns the sweep (a resumed sweep starts new ones)
 _LIVE_POOLS: dict[str, Any] = {}
 
-# the runner's token statistics under the names search spaces use (see alloy.search.space.TOKEN_METRICS)
+# the evaluator's token statistics under the names search spaces use (alloy.search.space.TOKEN_METRICS)
 _TOKEN_NAMES = {"tokens_mean": "output_tokens_mean", "tokens_median": "output_tokens_median",
                 "tokens_p90": "output_tokens_p90", "thinking_tokens_mean": "thinking_tokens_mean",
                 "thinking_tokens_median": "thinking_tokens_median", "thinking_tokens_p90": "thinking_tokens_p90"}
 
 
-def sweep_id(space: "SearchSpace", sweep_dir: str | Path) -> str:
+def sweep_id(name: str, sweep_dir: str | Path) -> str:
     """A name for the sweep's actors, unique per search space name and sweep folder."""
     digest = hashlib.sha256(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:8]
-    return f"{space.name}-{digest}"
+    return f"{name}-{digest}"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """What the pool needs to start: the sweep's actor name, its parents, the evaluation, the resources.
+
+    models: parent path → path as the store loads it; base: the base parent's path; tasks and options:
+    the `RungEvaluator`'s tasks and keyword options; cpu and gpu: each worker's resources;
+    concurrency: how many workers.
+    """
+
+    sweep: str
+    models: dict[str, str]
+    base: str | None
+    tasks: tuple[str, ...]
+    options: dict[str, Any]
+    cpu: float
+    gpu: float
+    concurrency: int
 
 
 class CandidateWorker:
@@ -45,7 +62,7 @@ class CandidateWorker:
     def __init__(self, sweep: str, evaluation: dict, device: str):
         from transformers import AutoTokenizer
 
-        from alloy.builder import ChildBuilder
+        from alloy.workers.builder import ChildBuilder
         from alloy.evaluation.harness import RungEvaluator
 
         self.builder = ChildBuilder(sweep, device=device, dtype="bfloat16" if device.startswith("cuda") else "float32")
@@ -85,29 +102,21 @@ def _pool_name(sweep: str) -> str:
     return f"alloy-pool-{sweep}"
 
 
-def _evaluation_settings(space: "SearchSpace") -> dict:
-    ev = space.evaluation
-    options: dict[str, Any] = {"max_gen_toks": ev.max_gen_toks or 2048, "repeats": ev.repeats, "seed": space.search.seed,
-                               "data_dir": ev.data_dir, "max_thinking_tokens": ev.thinking_budget}
-    options.update(ev.generation)  # e.g. allow_code_execution: true, the opt-in LiveCodeBench needs
-    return {"tasks": list(ev.tasks), "options": options}
-
-
-def prepare(space: "SearchSpace", sweep_dir: str | Path) -> None:
+def prepare(settings: PoolSettings) -> None:
     """Load the parents into the store and start the sweep's workers and their pool (idempotent)."""
-    from alloy.store import start_stores
+    from alloy.workers.store import start_stores
 
-    sweep = sweep_id(space, sweep_dir)
+    sweep = settings.sweep
     try:
         ray.get_actor(_pool_name(sweep), namespace=POOL_NAMESPACE)
         return
     except ValueError:
         pass
-    start_stores(sweep, {path: path for _, path in space.models}, base=space.base)
-    settings = _evaluation_settings(space)
-    device = "cuda" if space.search.gpu > 0 else "cpu"
-    worker_cls = ray.remote(num_cpus=space.search.cpu, num_gpus=space.search.gpu, max_restarts=1)(CandidateWorker)
-    workers = [worker_cls.remote(sweep, settings, device) for _ in range(space.search.concurrency)]
+    start_stores(sweep, settings.models, base=settings.base)
+    evaluation = {"tasks": list(settings.tasks), "options": settings.options}
+    device = "cuda" if settings.gpu > 0 else "cpu"
+    worker_cls = ray.remote(num_cpus=settings.cpu, num_gpus=settings.gpu, max_restarts=1)(CandidateWorker)
+    workers = [worker_cls.remote(sweep, evaluation, device) for _ in range(settings.concurrency)]
     ray.get([w.__ray_ready__.remote() for w in workers])
     pool = ray.remote(num_cpus=0)(WorkerPool).options(name=_pool_name(sweep), namespace=POOL_NAMESPACE).remote(workers)
     ray.get(pool.__ray_ready__.remote())
@@ -117,8 +126,7 @@ def prepare(space: "SearchSpace", sweep_dir: str | Path) -> None:
 class LmEvalRunner:
     """Scores candidates on the sweep's workers (the `lm_eval` runner of a search space)."""
 
-    def __init__(self, space: "SearchSpace", sweep_dir: Path):
-        sweep = sweep_id(space, sweep_dir)
+    def __init__(self, sweep: str):
         try:
             self.pool = ray.get_actor(_pool_name(sweep), namespace=POOL_NAMESPACE)
         except ValueError:

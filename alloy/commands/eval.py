@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from alloy.atomic import atomic_write_text
+    from alloy.io.atomic import atomic_write_text
     from alloy.errors import AlloyError
     from alloy.evaluation.harness import TaskSuite, evaluate
     from alloy.evaluation.lm import BudgetForcing

@@ -21,12 +21,12 @@ import ray
 import torch
 
 from alloy.errors import AlloyError
-from alloy.fp8 import dequantize
-from alloy.layout import Slot, slots_for
-from alloy.merge import MergeReport, finalize_tensor, merge_tensor, read_task_inputs, run_merge
-from alloy.plan import MergePlan, TensorTask, plan_merge, weight_names
-from alloy.recipe import Recipe
-from alloy.store import BlockSource, block_of, connect_stores, merged_manifest
+from alloy.io.fp8 import dequantize
+from alloy.io.layout import Slot, slots_for
+from alloy.merge.executor import MergeReport, finalize_tensor, merge_tensor, read_task_inputs, run_merge
+from alloy.merge.plan import MergePlan, TensorTask, plan_merge, weight_names
+from alloy.merge.recipe import Recipe
+from alloy.workers.store import BlockSource, block_of, connect_stores, merged_manifest
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from alloy.errors import AlloyError
-from alloy.methods.spec import MergeFn, MergeInputs, MethodSpec, ParamSpec
+from alloy.merge.methods.spec import MergeFn, MergeInputs, MethodSpec, ParamSpec
 
 # Elements per chunk of the float64 reductions: the scratch stays in cache instead of doubling memory.
 CHUNK_ELEMENTS = 1 << 16

@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 from alloy.errors import AlloyError
-from alloy.methods.aoe import AOE
-from alloy.methods.arcee_fusion import ARCEE_FUSION
-from alloy.methods.linear import LINEAR, PASSTHROUGH
-from alloy.methods.model_stock import MODEL_STOCK
-from alloy.methods.slerp import NUSLERP, SLERP
-from alloy.methods.spec import MergeInputs, MethodSpec, ParamSpec
-from alloy.methods.task_arithmetic import TASK_ARITHMETIC_METHODS
+from alloy.merge.methods.aoe import AOE
+from alloy.merge.methods.arcee_fusion import ARCEE_FUSION
+from alloy.merge.methods.linear import LINEAR, PASSTHROUGH
+from alloy.merge.methods.model_stock import MODEL_STOCK
+from alloy.merge.methods.slerp import NUSLERP, SLERP
+from alloy.merge.methods.spec import MergeInputs, MethodSpec, ParamSpec
+from alloy.merge.methods.task_arithmetic import TASK_ARITHMETIC_METHODS
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec

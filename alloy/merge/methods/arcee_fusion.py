@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from alloy.methods.common import CHUNK_ELEMENTS, define_method, other_models
-from alloy.methods.spec import MergeInputs
+from alloy.merge.methods.common import CHUNK_ELEMENTS, define_method, other_models
+from alloy.merge.methods.spec import MergeInputs
 
 # Tukey's fence: an importance at least median + FENCE·IQR keeps its delta.
 FENCE = 1.5

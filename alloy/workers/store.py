@@ -21,11 +21,11 @@ import numpy as np
 import ray
 import torch
 
-from alloy.checkpoint import Checkpoint, to_compute
+from alloy.io.checkpoint import Checkpoint, to_compute
 from alloy.errors import AlloyError
-from alloy.fp8 import block_size
-from alloy.groups import layer_index, preset_for
-from alloy.plan import resolve_model_path
+from alloy.io.fp8 import block_size
+from alloy.merge.groups import layer_index, preset_for
+from alloy.merge.plan import resolve_model_path
 
 NAMESPACE = "alloy"
 HEAD_BLOCK = "head"
@@ -137,7 +137,7 @@ def _check_capacity(need: int, shard: int) -> None:
 
 
 def _distances(model: str, ck: Checkpoint, base: Checkpoint, names: list[str], preset) -> list[dict]:
-    from alloy.stats import checkpoint_distances
+    from alloy.merge.stats import checkpoint_distances
 
     return [{"model": model, "tensor": d.name, "group": preset.group_of(d.name), "base_norm": d.base_norm,
              "frobenius": d.frobenius, "relative": d.relative, "rms": d.rms}

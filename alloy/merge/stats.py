@@ -11,9 +11,9 @@ from typing import Iterable, Iterator
 
 import torch
 
-from alloy.checkpoint import Checkpoint
-from alloy.methods.aoe import normalized_distance
-from alloy.methods.common import squared_distance
+from alloy.io.checkpoint import Checkpoint
+from alloy.merge.methods.aoe import normalized_distance
+from alloy.merge.methods.common import squared_distance
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from alloy.atomic import atomic_dir, check_output_dir
+from alloy.io.atomic import atomic_dir, check_output_dir
 from alloy.errors import AlloyError
-from alloy.fp8 import SCALE_SUFFIX, quantize
-from alloy.methods.spec import MergeInputs
-from alloy.plan import MergePlan, TensorTask
-from alloy.shards import ShardWriter, parse_size
+from alloy.io.fp8 import SCALE_SUFFIX, quantize
+from alloy.merge.methods.spec import MergeInputs
+from alloy.merge.plan import MergePlan, TensorTask
+from alloy.io.shards import ShardWriter, parse_size
 
 
 def merge_tensor(task: TensorTask, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
@@ -35,7 +35,7 @@ def merge_tensor(task: TensorTask, tensors: Sequence[torch.Tensor], base: torch.
     result is an AlloyError naming the tensor and, when one is, the parent whose input was non-finite
     (`input_names` labels the inputs).
     """
-    from alloy.methods import get_method
+    from alloy.merge.methods import get_method
 
     spec = get_method(task.method)
     device = tensors[0].device

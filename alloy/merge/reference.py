@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def methods_table() -> str:
     """The merge methods as a markdown table: name, base, parameters (with defaults), formula."""
-    from alloy.methods import METHODS
+    from alloy.merge.methods import METHODS
 
     rows = ["| method | needs base | per-model parameters | global parameters | formula |",
             "| --- | --- | --- | --- | --- |"]

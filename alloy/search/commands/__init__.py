@@ -1,1 +1,0 @@
-"""The search subcommands of the `alloy` CLI: `sweep`, `board` and `report` (one module each)."""

@@ -1,0 +1,8 @@
+"""The Ray layer: parents held in the object store, and long-lived workers that build and score children.
+
+`store` puts each parent into `ParentStore` actors (one object per layer block) with per-tensor
+distance statistics; `builder` merges a recipe from the store into a resident model in place; `pool`
+starts one `CandidateWorker` per concurrent trial and leases them to trials. Takes plain settings
+(`pool.PoolSettings`), never a search space: imports `alloy.merge`, `alloy.io` and `alloy.evaluation`,
+never `alloy.search`.
+"""
