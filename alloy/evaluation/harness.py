@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable, Iterator, Mapping, Sequence
 
 from alloy.errors import AlloyError
+from alloy.evaluation.intervals import score_interval
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -184,7 +185,11 @@ class SampleRecord:
 
 @dataclass
 class TaskResult:
-    """Scores and token statistics of one task over the scored documents and repeats."""
+    """Scores and token statistics of one task over the scored documents and repeats.
+
+    `intervals` holds a 95% interval (lo, hi) per score, over questions
+    (alloy.evaluation.intervals.score_interval).
+    """
 
     task: str
     scores: dict[str, float]
@@ -193,10 +198,12 @@ class TaskResult:
     output_tokens: TokenStats
     thinking_tokens: TokenStats
     samples: list[SampleRecord] | None = None
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable copy (samples only when they were logged)."""
-        out = {"task": self.task, "scores": dict(self.scores), "n_samples": self.n_samples,
+        out = {"task": self.task, "scores": dict(self.scores),
+               "intervals": {m: list(v) for m, v in self.intervals.items()}, "n_samples": self.n_samples,
                "repeats": self.repeats, "output_tokens": asdict(self.output_tokens),
                "thinking_tokens": asdict(self.thinking_tokens)}
         if self.samples is not None:
@@ -214,12 +221,15 @@ class EvalResult:
     config: dict[str, Any]
 
     def metrics(self) -> dict[str, float]:
-        """A flat view: "task/metric" scores, "task/output_tokens_mean" (and median, p90, thinking),
-        and pooled "output_tokens_mean", "output_tokens_p90", "thinking_tokens_mean"."""
+        """A flat view: "task/metric" scores with their intervals ("task/metric.lo", ".hi"),
+        "task/output_tokens_mean" (and median, p90, thinking), and pooled "output_tokens_mean",
+        "output_tokens_p90", "thinking_tokens_mean"."""
         flat: dict[str, float] = {}
         for name, result in self.tasks.items():
             for metric, value in result.scores.items():
                 flat[f"{name}/{metric}"] = value
+                if metric in result.intervals:
+                    flat[f"{name}/{metric}.lo"], flat[f"{name}/{metric}.hi"] = result.intervals[metric]
             for kind, stats in (("output_tokens", result.output_tokens), ("thinking_tokens", result.thinking_tokens)):
                 flat[f"{name}/{kind}_mean"] = stats.mean
                 flat[f"{name}/{kind}_median"] = stats.median
@@ -243,11 +253,16 @@ def summarize(records: Mapping[str, Sequence[SampleRecord]], repeats: int, confi
     tasks = {}
     for name, rows in records.items():
         values: dict[str, list[float]] = defaultdict(list)
+        per_question: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for row in rows:
             for metric, value in row.metrics.items():
                 values[metric].append(value)
+                per_question[metric][row.doc_id].append(value)
+        intervals = {metric: score_interval([statistics.fmean(v) for v in by_doc.values()], repeats)
+                     for metric, by_doc in per_question.items()}
         tasks[name] = TaskResult(
             task=name, scores={metric: float(statistics.fmean(v)) for metric, v in values.items()},
+            intervals=intervals,
             n_samples=len({row.doc_id for row in rows}), repeats=repeats,
             output_tokens=TokenStats.of([row.output_tokens for row in rows]),
             thinking_tokens=TokenStats.of([row.thinking_tokens for row in rows]),

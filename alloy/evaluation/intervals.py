@@ -1,0 +1,61 @@
+"""Confidence intervals for benchmark scores on small question sets.
+
+A score is the mean over questions of a per-question value (the mean over its repeats). With one
+repeat and 0/1 values it is a proportion, and `wilson` gives its interval; otherwise (repeats,
+partial credit, pass@k) `bootstrap` resamples questions. `score_interval` picks between them.
+Intervals are 95% by default and always lie inside [min, max] of the values' range.
+"""
+from __future__ import annotations
+
+import math
+import random
+from statistics import NormalDist
+from typing import Sequence
+
+
+def _z(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"confidence level must be in (0, 1), got {level!r}")
+    return NormalDist().inv_cdf(0.5 + level / 2.0)
+
+
+def wilson(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `successes / n` ((0, 1) when n is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes!r}")
+    z = _z(level)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap(values: Sequence[float], level: float = 0.95, resamples: int = 2000,
+              seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (one value per question), seeded."""
+    n = len(values)
+    if n == 0:
+        return 0.0, 1.0
+    if n == 1 or min(values) == max(values):
+        return float(values[0]), float(values[0])
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    tail = (1.0 - level) / 2.0
+    lo = means[int(math.floor(tail * (resamples - 1)))]
+    hi = means[int(math.ceil((1.0 - tail) * (resamples - 1)))]
+    return float(lo), float(hi)
+
+
+def score_interval(per_question: Sequence[float], repeats: int = 1, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float]:
+    """Interval of a task score from its per-question values (each the mean over `repeats`).
+
+    Wilson when every question was answered once with a 0/1 value, else a bootstrap over questions.
+    """
+    binary = all(v in (0.0, 1.0) for v in per_question)
+    if repeats == 1 and binary:
+        return wilson(sum(per_question), len(per_question), level)
+    return bootstrap(per_question, level=level, seed=seed)
