@@ -26,17 +26,23 @@ CHAT_TEMPLATE = (
 
 
 def tiny_config(arch: str, vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2,
-                num_experts: int = 4, intermediate_size: int | None = None):
+                num_experts: int = 4, intermediate_size: int | None = None, vllm: bool = False):
     """A transformers config of `arch` (one of ARCHITECTURES) at a tiny size.
 
     MoE configs get `num_experts` routed experts; DeepSeek-V3 gets one dense first layer
     (`first_k_dense_replace=1`), one shared expert and multi-head latent attention, like the real one.
+    `vllm=True` shapes the model for vLLM's CPU kernels: attention heads of size 32 (CPU attention
+    needs at least 32) and, for DeepSeek-V3, the MLA sizes its CPU path supports (`kv_lora_rank` 512,
+    `qk_rope_head_dim` 64) with `topk_method: noaux_tc`.
     """
     from transformers import (DeepseekV3Config, LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config,
                               Qwen3Config, Qwen3MoeConfig)
 
     inter = intermediate_size or hidden_size * 2
     heads = max(2, hidden_size // 16)
+    head_dim = 32 if vllm else 16
+    if vllm:
+        heads = max(2, hidden_size // 32)
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=inter,
                   num_hidden_layers=num_layers, num_attention_heads=heads, max_position_embeddings=2048,
                   tie_word_embeddings=False, bos_token_id=0, eos_token_id=2, pad_token_id=5)
@@ -47,20 +53,21 @@ def tiny_config(arch: str, vocab_size: int = 512, hidden_size: int = 64, num_lay
     if arch == "qwen2":
         return Qwen2Config(num_key_value_heads=heads // 2, **common)
     if arch == "qwen3":
-        return Qwen3Config(num_key_value_heads=heads // 2, head_dim=16, **common)
+        return Qwen3Config(num_key_value_heads=heads // 2, head_dim=head_dim, **common)
     if arch == "mixtral":
         return MixtralConfig(num_key_value_heads=heads // 2, num_local_experts=num_experts,
                              num_experts_per_tok=2, **common)
     if arch == "qwen3_moe":
-        return Qwen3MoeConfig(num_key_value_heads=heads // 2, head_dim=16, num_experts=num_experts,
+        return Qwen3MoeConfig(num_key_value_heads=heads // 2, head_dim=head_dim, num_experts=num_experts,
                               num_experts_per_tok=2, moe_intermediate_size=hidden_size // 2,
                               decoder_sparse_step=1, mlp_only_layers=[], **common)
     if arch == "deepseek_v3":
+        mla = (dict(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=32, v_head_dim=32, topk_method="noaux_tc")
+               if vllm else dict(kv_lora_rank=hidden_size // 4, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16))
         return DeepseekV3Config(num_key_value_heads=heads, n_routed_experts=num_experts, n_shared_experts=1,
                                 num_experts_per_tok=2, moe_intermediate_size=hidden_size // 2,
-                                first_k_dense_replace=1, q_lora_rank=hidden_size // 2,
-                                kv_lora_rank=hidden_size // 4, qk_rope_head_dim=8, qk_nope_head_dim=8,
-                                v_head_dim=16, n_group=2, topk_group=1, **common)
+                                first_k_dense_replace=1, q_lora_rank=hidden_size // 2, n_group=2,
+                                topk_group=1, **mla, **common)
     raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHITECTURES}")
 
 

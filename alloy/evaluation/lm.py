@@ -85,6 +85,16 @@ class BudgetForcing:
         """Whether any forcing applies (otherwise the decoder only counts tokens)."""
         return self.max_thinking_tokens is not None or self.wait_extensions > 0
 
+    def may_extend(self, waits: int, thinking_tokens: int, wait_tokens: int) -> bool:
+        """Whether an end of thinking after `thinking_tokens` (and `waits` extensions so far) is
+        replaced by the `wait_tokens` tokens of `wait_text`."""
+        if waits >= self.wait_extensions:
+            return False
+        if self.min_thinking_tokens is not None and thinking_tokens >= self.min_thinking_tokens:
+            return False
+        cap = self.max_thinking_tokens
+        return cap is None or thinking_tokens + wait_tokens <= cap
+
     def check_generation_budget(self, max_gen_toks: int) -> None:
         """Fail unless a capped thinking part leaves room for an answer within `max_gen_toks`."""
         if self.max_thinking_tokens is not None and self.max_thinking_tokens >= max_gen_toks:
@@ -186,17 +196,9 @@ class ThinkingTracker:
                 self.thinking_tokens += 1
 
 
-def token_record(tokenizer, prompt: str, tokens: list[int], delimiters: ThinkingDelimiters | None,
-                 eos_ids: frozenset[int], finish: str) -> GenerationRecord:
-    """The record of a finished continuation `tokens` of `prompt` (for backends that generate
-    without the budget-forcing decoder)."""
-    tracker = ThinkingTracker.for_prompt(prompt, delimiters, eos_ids)
-    for token in tokens:
-        tracker.advance(token)
-    return _record(tokenizer, tracker, finish, waits=0, capped=False)
-
-
-def _record(tokenizer, tracker: ThinkingTracker, finish: str, waits: int, capped: bool) -> GenerationRecord:
+def generation_record(tokenizer, tracker: ThinkingTracker, finish: str, waits: int, capped: bool) -> GenerationRecord:
+    """The record of the continuation `tracker` followed, after `waits` extensions (capped: whether
+    the thinking cap forced its end)."""
     return GenerationRecord(output_tokens=len(tracker.tokens), thinking_tokens=tracker.thinking_tokens,
                             thinking=tracker.thought, thinking_ended=tracker.thought and tracker.phase == "answer",
                             waits=waits, thinking_capped=capped, finish=finish,
@@ -335,13 +337,7 @@ class BudgetForcingDecoder(LogitsProcessor):
         return token
 
     def _may_extend(self, row: _Row) -> bool:
-        budget, tracker = self.budget, row.tracker
-        if row.waits >= budget.wait_extensions:
-            return False
-        if budget.min_thinking_tokens is not None and tracker.thinking_tokens >= budget.min_thinking_tokens:
-            return False
-        cap = budget.max_thinking_tokens
-        return cap is None or tracker.thinking_tokens + len(self.wait_ids) <= cap
+        return self.budget.may_extend(row.waits, row.tracker.thinking_tokens, len(self.wait_ids))
 
     def _hit_stop(self, tracker: ThinkingTracker) -> bool:
         tail = tracker.tokens[max(tracker.answer_start, len(tracker.tokens) - self.stop_lookback):]
@@ -454,7 +450,7 @@ class ThinkingHFLM(HFLM):
                                 generation_config=config, logits_processor=LogitsProcessorList([decoder]),
                                 stopping_criteria=StoppingCriteriaList([decoder.stopping]))
         return [(response_text(self.tokenizer, row.tracker, until),
-                 _record(self.tokenizer, row.tracker, row.finish or "length", row.waits, row.capped))
+                 generation_record(self.tokenizer, row.tracker, row.finish or "length", row.waits, row.capped))
                 for row in rows]
 
     def _eos_ids(self) -> frozenset[int]:

@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 
@@ -98,6 +98,18 @@ def read_task_inputs(plan: MergePlan, task: TensorTask, device: str | torch.devi
     return tensors, base
 
 
+def stored_tensors(plan: MergePlan, device: str | torch.device,
+                   sources: Mapping[str, TensorSource] | None = None
+                   ) -> Iterator[tuple[TensorTask, list[tuple[str, torch.Tensor]]]]:
+    """Each task of `plan` with the stored form of its merged tensor (`finalize_tensor`), one at a time:
+    at most one child tensor (plus its inputs) is alive while the caller consumes it."""
+    labels = [m.model for m in plan.recipe.models]
+    for task in plan.tasks:
+        tensors, base = read_task_inputs(plan, task, device, sources)
+        merged = merge_tensor(task, tensors, base, plan.recipe.base_index, labels)
+        yield task, finalize_tensor(task, merged, plan.block)
+
+
 @dataclass
 class MergeReport:
     """What a disk merge did."""
@@ -127,14 +139,11 @@ def run_merge(plan: MergePlan, out: str | Path, device: str = "cpu", max_shard_s
     shard_bytes = parse_size(max_shard_size)
     start = time.perf_counter()
     outputs = plan.output_tensors()
-    labels = [m.model for m in plan.recipe.models]
     bar = _progress(plan.input_bytes(), progress)
     with atomic_dir(out, overwrite) as staging:
         writer = ShardWriter(staging, outputs, shard_bytes)
-        for task in plan.tasks:
-            tensors, base = read_task_inputs(plan, task, device, sources)
-            merged = merge_tensor(task, tensors, base, plan.recipe.base_index, labels)
-            for name, tensor in finalize_tensor(task, merged, plan.block):
+        for task, stored in stored_tensors(plan, device, sources):
+            for name, tensor in stored:
                 writer.write(name, tensor)
             if bar is not None:
                 bar.update(sum(p.tensors[task.name].nbytes for p in plan.parents.values()))

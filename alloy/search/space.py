@@ -18,7 +18,8 @@ groups:
     parameters:
       threshold: {low: 0.001, high: 0.3, log: true}      # a range; `search` takes the spec's range
 objectives: [aime24/exact_match, {metric: tokens_mean, direction: minimize}]
-evaluation: {tasks: [aime24], rungs: [8, 32, 128], repeats: 1, max_gen_toks: 32768}
+evaluation: {tasks: [aime24], rungs: [8, 32, 128], repeats: 1, max_gen_toks: 32768,
+             backend: auto, batch_size: 16}   # vllm | hf | auto; batch_size: the hf backend's batch
 search: {sampler: tpe, seed: 0, trials: 64, concurrency: 4, resources: {gpu: 1, cpu: 8},
          start: [parents, uniform]}
 ```
@@ -62,7 +63,9 @@ _RECIPE_KEYS = {"dtype", "out_dtype", "tokenizer_source", "seed", "chat_template
 _SCOPE_KEYS = {"merge_method", "weights", "parameters"}
 _RANGE_KEYS = {"low", "high", "log", "gradient", "choices", "per_model"}
 _EVAL_KEYS = {"runner", "tasks", "rungs", "repeats", "max_gen_toks", "thinking_budget", "generation",
-              "data_dir", "synthetic"}
+              "data_dir", "synthetic", "backend", "batch_size"}
+BACKENDS = ("auto", "vllm", "hf")
+DEFAULT_BATCH_SIZE = 16  # requests the hf backend generates together in a sweep
 _SEARCH_KEYS = {"sampler", "seed", "trials", "concurrency", "resources", "start", "reduction_factor", "prune",
                 "prune_metric", "retries", "grid_points", "population_size", "study_name"}
 
@@ -226,6 +229,8 @@ class Evaluation:
     generation: Mapping[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     synthetic: Mapping[str, Any] = field(default_factory=dict)
+    backend: str = "auto"         # what the workers evaluate on: vllm, hf, or auto (vllm where it can run)
+    batch_size: int = DEFAULT_BATCH_SIZE  # the hf backend's batch of generated requests
 
 
 @dataclass(frozen=True)
@@ -829,7 +834,12 @@ def _parse_evaluation(raw: Any, source: str, base_dir: Path, check_paths: bool) 
         if check_paths and not Path(data_dir).is_dir():
             raise AlloyError(f"{source}: evaluation.data_dir: folder {data_dir} does not exist")
     synthetic = dict(_mapping(raw.get("synthetic"), "evaluation.synthetic", source))
-    return Evaluation(runner, tuple(tasks), tuple(rungs), repeats, max_gen, thinking, generation, data_dir, synthetic)
+    backend = raw.get("backend", "auto")
+    if backend not in BACKENDS:
+        raise AlloyError(f"{source}: evaluation.backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    batch_size = _int(raw.get("batch_size", DEFAULT_BATCH_SIZE), "evaluation.batch_size", source, 1)
+    return Evaluation(runner, tuple(tasks), tuple(rungs), repeats, max_gen, thinking, generation, data_dir, synthetic,
+                      backend, batch_size)
 
 
 def _known_tasks() -> Any:

@@ -26,7 +26,7 @@ from alloy.io.layout import Slot, slots_for
 from alloy.merge.executor import MergeReport, finalize_tensor, merge_tensor, read_task_inputs, run_merge
 from alloy.merge.plan import MergePlan, TensorTask, plan_merge, weight_names
 from alloy.merge.recipe import Recipe
-from alloy.workers.store import BlockSource, block_of, connect_stores, merged_manifest
+from alloy.workers.store import BlockSource, StoreManifest, block_of, connect_stores, merged_manifest
 
 
 @dataclass
@@ -68,16 +68,7 @@ class ChildBuilder:
 
     def plan(self, recipe: Recipe | Mapping[str, Any]) -> MergePlan:
         """Plan `recipe` against the store's parents; AlloyError if it names one the store lacks."""
-        recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
-        missing = [m for m in recipe.model_names if m not in self._manifest.checkpoints]
-        if missing:
-            raise AlloyError(f"recipe {recipe.hash} names parent(s) {missing} that the store of sweep "
-                             f"{self.sweep!r} does not hold; it holds {self.parents}")
-        plan = plan_merge(recipe, parents={m: self._manifest.checkpoints[m] for m in recipe.model_names})
-        if plan.template.config.get("architectures") != self.architecture:
-            raise AlloyError(f"recipe {recipe.hash} is for {plan.template.config.get('architectures')}, but this "
-                             f"builder holds a {self.architecture} model")
-        return plan
+        return plan_in_store(self._manifest, recipe, self.sweep, self.architecture)
 
     def build(self, recipe: Recipe | Mapping[str, Any]) -> BuildReport:
         """Make the resident model the child of `recipe` (no new model is allocated)."""
@@ -121,7 +112,7 @@ class ChildBuilder:
         return [manifest.distances.get(m.model, {}).get(task.name) for m in plan.recipe.models]
 
     def _sources(self, plan: MergePlan) -> dict[str, BlockSource]:
-        return {m: BlockSource(self._manifest.checkpoints[m], self._manifest.blocks[m]) for m in plan.parents}
+        return store_sources(self._manifest, plan)
 
     def _fill(self, plan: MergePlan) -> None:
         sources = self._sources(plan)
@@ -140,6 +131,27 @@ class ChildBuilder:
                 stored = finalize_tensor(task, merged, plan.block)
                 value = dequantize(stored[0][1], stored[1][1], self.dtype, plan.block) if task.fp8_out else stored[0][1]
                 slot.copy_(value)
+
+
+def plan_in_store(manifest: StoreManifest, recipe: Recipe | Mapping[str, Any], sweep: str,
+                  architecture: list[str] | None) -> MergePlan:
+    """Plan `recipe` against the parents of a store manifest; AlloyError if it names a parent the store
+    lacks or is for another architecture than `architecture` (the resident model's)."""
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+    missing = [m for m in recipe.model_names if m not in manifest.checkpoints]
+    if missing:
+        raise AlloyError(f"recipe {recipe.hash} names parent(s) {missing} that the store of sweep "
+                         f"{sweep!r} does not hold; it holds {list(manifest.checkpoints)}")
+    plan = plan_merge(recipe, parents={m: manifest.checkpoints[m] for m in recipe.model_names})
+    if plan.template.config.get("architectures") != architecture:
+        raise AlloyError(f"recipe {recipe.hash} is for {plan.template.config.get('architectures')}, but this "
+                         f"worker holds a {architecture} model")
+    return plan
+
+
+def store_sources(manifest: StoreManifest, plan: MergePlan) -> dict[str, BlockSource]:
+    """Where a build reads each parent of `plan`: its blocks in the object store."""
+    return {m: BlockSource(manifest.checkpoints[m], manifest.blocks[m]) for m in plan.parents}
 
 
 def builder_actor(num_gpus: float = 0, num_cpus: float = 1, resources: dict[str, float] | None = None):

@@ -1,0 +1,172 @@
+"""Children swapped into a live vLLM engine: the vLLM backend of the sweep's workers.
+
+A `VllmEngine` starts once per worker for the parents' architecture without reading any weights
+(`load_format="dummy"`, on the config and tokenizer of a parent). For each candidate, `swap` calls
+`SwapExtension.alloy_swap` on every rank of the engine through `collective_rpc`: each rank plans the
+recipe against the sweep's `ParentStore` manifest, merges the child tensor by tensor straight from the
+object store (the same `stored_tensors` as `alloy merge`, on the rank's own device) and feeds the
+tensors to vLLM's in-place `reload_weights` as an iterator, so no process ever holds a whole child
+and the transfer buffer is one store block per parent plus one tensor. vLLM's own `load_weights` then
+shards each tensor for its rank (tensor parallel) or, for a block-FP8 child (DeepSeek-V3), takes the
+FP8 values and scales through its FP8 loading and re-processing path. After the reload, the fused MoE
+experts are repacked (vLLM 0.32 skips that step on a reload) and the prefix cache is reset.
+
+Engines of one worker's GPUs: tensor parallel over `gpu` GPUs of one node (`tensor_parallel`), and
+pipeline parallel across nodes where one node is too small. One rank runs in the worker's own process
+(`uni` executor); more ranks run as Ray actors of the sweep's cluster (vLLM's Ray executor) or, on a
+CPU host, as local processes (`mp`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import ray
+import torch
+
+from alloy.errors import AlloyError
+from alloy.merge.executor import stored_tensors
+from alloy.merge.plan import MergePlan
+from alloy.merge.recipe import Recipe
+from alloy.workers.builder import plan_in_store, store_sources
+from alloy.workers.store import StoreManifest, connect_stores, merged_manifest
+
+EXTENSION = "alloy.workers.engine.SwapExtension"
+_STORE_ERRORS = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError, ray.exceptions.RayActorError)
+
+
+def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str) -> None:
+    """AlloyError unless vLLM serves the architecture of `config` and `tensor_parallel` divides its
+    attention heads (`where` names the model in the message). Imports vllm."""
+    from vllm.model_executor.models import ModelRegistry
+
+    architectures = config.get("architectures") or []
+    supported = set(ModelRegistry.get_supported_archs())
+    if not architectures or not any(a in supported for a in architectures):
+        raise AlloyError(f"{where}: vLLM cannot serve the architecture {architectures or '(none in config.json)'}; "
+                         f"use evaluation.backend: hf (transformers) for it")
+    heads = config.get("num_attention_heads")
+    if heads and heads % tensor_parallel:
+        raise AlloyError(f"{where}: {tensor_parallel} GPUs per worker do not divide the model's {heads} attention "
+                         f"heads, so vLLM cannot split it by tensor parallelism; ask for a gpu count that divides "
+                         f"{heads}")
+
+
+class SwapExtension:
+    """Methods vLLM adds to each of its workers (`worker_extension_cls`), reached through `collective_rpc`."""
+
+    def alloy_swap(self, sweep: str, recipe: dict) -> dict[str, Any]:
+        """Load the child of `recipe` into this rank's model in place, merging from the sweep's stores."""
+        start = time.perf_counter()
+        for attempt in range(2):
+            manifest = _manifest(sweep, refresh=attempt > 0)
+            plan = plan_in_store(manifest, recipe, sweep, _template(manifest).config.get("architectures"))
+            _check_layout(plan, _template(manifest))
+            try:
+                self.model_runner.reload_weights(weights_iterator=_weights(plan, self.device, manifest))
+                break
+            except _STORE_ERRORS:
+                if attempt:
+                    raise  # a store restarted: fetch its new refs once, then give up
+        repacked = repack_fused_experts(self.model_runner.get_model())
+        return {"recipe_hash": plan.recipe.hash, "tensors": len(plan.tasks), "moe_layers": repacked,
+                "seconds": time.perf_counter() - start}
+
+    def alloy_fingerprint(self) -> dict[str, float]:
+        """The sum of each parameter of this rank's model (float64), to compare engines in tests."""
+        model = self.model_runner.get_model()
+        return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
+
+
+_MANIFESTS: dict[str, StoreManifest] = {}
+
+
+def _manifest(sweep: str, refresh: bool = False) -> StoreManifest:
+    """The sweep's store manifest, fetched once per process."""
+    if refresh or sweep not in _MANIFESTS:
+        _MANIFESTS[sweep] = merged_manifest(connect_stores(sweep))
+    return _MANIFESTS[sweep]
+
+
+def _template(manifest: StoreManifest):
+    return next(iter(manifest.checkpoints.values()))
+
+
+def _check_layout(plan: MergePlan, template) -> None:
+    engine_fp8 = "quantization_config" in template.config
+    child_fp8 = any(task.fp8_out for task in plan.tasks)
+    if child_fp8 != engine_fp8:
+        raise AlloyError(f"recipe {plan.recipe.hash} makes a {'block-FP8' if child_fp8 else 'non-FP8'} child, but the "
+                         f"engine was started for {'block-FP8' if engine_fp8 else 'non-FP8'} checkpoints like "
+                         f"{template.path}; set the recipe's out_dtype to the parents' layout")
+
+
+def _weights(plan: MergePlan, device: torch.device, manifest: StoreManifest) -> Iterator[tuple[str, torch.Tensor]]:
+    """The child's tensors under their checkpoint names, one at a time, in store-block order."""
+    for _, stored in stored_tensors(plan, device, store_sources(manifest, plan)):
+        yield from stored
+
+
+def repack_fused_experts(model: torch.nn.Module) -> int:
+    """Run each fused-MoE layer's kernel preparation again after an in-place reload; vLLM 0.32 runs it
+    only on the first load, so a reloaded MoE layer would compute with the old packed experts.
+    Returns the number of MoE layers."""
+    from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase
+
+    count = 0
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        kernel = getattr(method, "moe_kernel", None)
+        if isinstance(method, FusedMoEMethodBase) and kernel is not None:
+            kernel.fused_experts.process_weights_after_loading(module)
+            count += 1
+    return count
+
+
+class VllmEngine:
+    """One long-lived vLLM engine for a sweep's parents, whose weights are swapped per child.
+
+    tensor_parallel and pipeline_parallel: the engine's ranks (`gpu` of the search space, and nodes);
+    executor: vLLM's distributed executor for more than one rank (`ray` in a cluster, `mp` on a CPU
+    host); dtype: the engine's compute dtype (bfloat16 on GPUs, float32 on CPUs by default).
+    """
+
+    def __init__(self, sweep: str, *, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                 executor: str | None = None, dtype: str | None = None, seed: int = 0,
+                 max_model_len: int | None = None):
+        from alloy.evaluation.vllm_lm import local_engine
+
+        self.sweep = sweep
+        manifest = _manifest(sweep, refresh=True)
+        template = _template(manifest)
+        check_servable(template.config, tensor_parallel, str(template.path))
+        on_gpu = torch.cuda.is_available()
+        dtype = dtype or ("bfloat16" if on_gpu else "float32")
+        options: dict[str, Any] = dict(load_format="dummy", worker_extension_cls=EXTENSION, enforce_eager=not on_gpu)
+        ranks = tensor_parallel * pipeline_parallel
+        start = time.perf_counter()
+        if ranks == 1:
+            self.llm = local_engine(str(template.path), dtype=dtype, seed=seed, max_model_len=max_model_len, **options)
+        else:
+            from vllm import LLM
+
+            if pipeline_parallel == 1:
+                os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")  # every rank on this node
+            self.llm = LLM(model=str(template.path), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                           tensor_parallel_size=tensor_parallel, pipeline_parallel_size=pipeline_parallel,
+                           distributed_executor_backend=executor or ("ray" if on_gpu else "mp"), **options)
+        self.start_s = time.perf_counter() - start
+        self.template: Path = template.path
+        self.current: str | None = None
+
+    def swap(self, recipe: Recipe | Mapping[str, Any]) -> float:
+        """Make the engine serve the child of `recipe`; returns the seconds it took (merge and load)."""
+        start = time.perf_counter()
+        recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+        self.current = None  # while its weights are being replaced the engine serves no child
+        self.llm.collective_rpc("alloy_swap", args=(self.sweep, recipe.to_dict()))
+        self.llm.reset_prefix_cache()
+        self.current = recipe.hash
+        return time.perf_counter() - start
