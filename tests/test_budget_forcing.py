@@ -21,12 +21,13 @@ THINK_START, THINK_END = 3, 4
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def scripted_model(transitions: dict[int, int], arch: str = "llama", scale: float = 30.0):
+def scripted_model(transitions: dict[int, int], arch: str = "llama", scale: float = 30.0, **config):
     """A tiny model of `arch` that, after token a, emits transitions[a] (greedy, or sampled: the
     successor's logit leads by 8*scale). Attention and MLP outputs are zeroed, so the residual stream
     is the current token's embedding: a one-hot direction per scripted token, mapped by the LM head
-    to its successor. Unscripted tokens get a zero embedding (all logits equal)."""
-    model = make_tiny_model(arch, seed=0)
+    to its successor. Unscripted tokens get a zero embedding (all logits equal). `config` goes to
+    `make_tiny_model` (e.g. vllm=True)."""
+    model = make_tiny_model(arch, seed=0, **config)
     if len(transitions) > model.config.hidden_size:
         raise ValueError("more scripted tokens than hidden dimensions")
     with torch.no_grad():

@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="read each task's documents from DIR/<task>.jsonl instead of the Hub")
     parser.add_argument("--evaluators", help="the lm-eval task folder (default: $ALLOY_EVALUATORS, else "
                                              "evaluators/ of the source checkout)")
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
-                        help="hf: transformers in this process (budget forcing); vllm: a vLLM engine (GPU)")
+    parser.add_argument("--backend", choices=("hf", "vllm", "auto"), default="hf",
+                        help="hf: transformers in this process; vllm: a vLLM engine in this process (GPU, or the "
+                             "CPU build); auto: vllm where a GPU and vllm are present, else hf")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the hf backend")
     parser.add_argument("--output", help="write the results as JSON to this file")
     parser.add_argument("--log-samples", action="store_true",
@@ -36,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib.util
     import json
     from pathlib import Path
 
@@ -56,18 +56,18 @@ def run(args: argparse.Namespace) -> int:
     budget = BudgetForcing(max_thinking_tokens=args.max_thinking_tokens,
                            min_thinking_tokens=args.min_thinking_tokens, wait_extensions=args.wait_extensions)
     budget.check_generation_budget(args.max_gen_toks)
-    if args.backend == "vllm":
-        if budget.active:
-            raise AlloyError("budget forcing (--max-thinking-tokens, --min-thinking-tokens, --wait-extensions) "
-                             "runs on the hf backend only; use --backend hf")
-        if importlib.util.find_spec("vllm") is None:
-            raise AlloyError("--backend vllm needs the vllm package (pip install 'alloy[vllm]'); or use --backend hf")
+    if args.backend != "hf":
+        import torch
+
+        from alloy.workers.pool import resolve_backend
+
+        args.backend = resolve_backend(args.backend, 1 if torch.cuda.is_available() else 0)
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise AlloyError(f"the folder of --output {args.output} does not exist; create it first")
     suite = TaskSuite.load(args.tasks, evaluators=args.evaluators, data_dir=args.data_dir,
                            allow_code_execution=args.allow_code_execution)
 
-    model, tokenizer = _load_model(model_dir, args)
+    model, tokenizer = _load_model(model_dir, args, budget)
     options = dict(limit=args.limit, max_gen_toks=args.max_gen_toks, repeats=args.repeats, seed=args.seed,
                    temperature=args.temperature, top_p=args.top_p, log_samples=args.log_samples)
     if args.backend == "hf":
@@ -82,14 +82,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(model_dir, args: argparse.Namespace):
+def _load_model(model_dir, args: argparse.Namespace, budget):
     """The model to evaluate: (transformers model, tokenizer) for hf, (ThinkingVLLM, None) for vllm."""
     from alloy.errors import AlloyError
 
     if args.backend == "vllm":
-        from alloy.evaluation.vllm_lm import ThinkingVLLM
+        import torch
 
-        return ThinkingVLLM(str(model_dir), max_gen_toks=args.max_gen_toks, seed=args.seed), None
+        from alloy.evaluation.vllm_lm import ThinkingVLLM, local_engine
+
+        on_gpu = torch.cuda.is_available()
+        llm = local_engine(str(model_dir), seed=args.seed, dtype="auto" if on_gpu else "float32",
+                           enforce_eager=not on_gpu)
+        return ThinkingVLLM(llm, max_gen_toks=args.max_gen_toks, seed=args.seed, budget=budget), None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -36,11 +36,12 @@ def pool_settings(space: SearchSpace, sweep_dir: str | Path) -> Any:
 
     ev = space.evaluation
     options: dict[str, Any] = {"max_gen_toks": ev.max_gen_toks or 2048, "repeats": ev.repeats, "seed": space.search.seed,
-                               "data_dir": ev.data_dir, "max_thinking_tokens": ev.thinking_budget}
+                               "data_dir": ev.data_dir, "max_thinking_tokens": ev.thinking_budget,
+                               "batch_size": ev.batch_size}
     options.update(ev.generation)  # e.g. allow_code_execution: true, the opt-in LiveCodeBench needs
     return PoolSettings(sweep=sweep_id(space.name, sweep_dir), models={path: path for _, path in space.models},
                         base=space.base, tasks=tuple(ev.tasks), options=options, cpu=space.search.cpu,
-                        gpu=space.search.gpu, concurrency=space.search.concurrency)
+                        gpu=space.search.gpu, concurrency=space.search.concurrency, backend=ev.backend)
 
 
 # evaluation.runner name → factory(space, sweep folder) -> CandidateRunner

