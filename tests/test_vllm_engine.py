@@ -1,0 +1,132 @@
+"""Children swapped into a live vLLM engine, against fresh engines on the children `alloy merge` writes.
+
+One engine per architecture (tiny Llama, Qwen3, Qwen3-MoE shaped for vLLM's CPU kernels) is started
+on the sweep's store with dummy weights and kept for the module; each child is swapped in from the
+store. A fresh engine on the child's checkpoint is the reference: same greedy token ids, same
+`alloy.evaluate` results on real task slices.
+"""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import ray
+import yaml
+
+pytest.importorskip("vllm")
+
+from alloy.cli import main  # noqa: E402
+from alloy.errors import AlloyError  # noqa: E402
+from tests.parents import write_parents  # noqa: E402
+
+ARCHS = ("llama", "qwen3", "qwen3_moe")
+PROMPTS = [list(range(10, 40)), [1, 7, 9, 11], list(range(100, 430))]  # the last is longer than a cache block
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def recipes(paths) -> list[dict]:
+    v3, r1, r2 = (str(p) for p in paths)
+    return [
+        {"merge_method": "linear", "models": [{"model": v3, "parameters": {"weight": 0.2}},
+                                              {"model": r1, "parameters": {"weight": 0.5}},
+                                              {"model": r2, "parameters": {"weight": 0.3}}]},
+        {"merge_method": "linear", "base_model": v3, "dtype": "bfloat16",
+         "models": [{"model": v3, "parameters": {"weight": 1.0}}, {"model": r1, "parameters": {"weight": 0.0}},
+                    {"model": r2, "parameters": {"weight": 0.0}}],
+         "groups": {"routed_experts": {"merge_method": "aoe", "parameters": {"threshold": 0.01},
+                                       "model_parameters": {v3: {"weight": 0.0}, r1: {"weight": 0.6},
+                                                            r2: {"weight": 0.4}}},
+                    "attention": {"model_parameters": {v3: {"weight": 0.0}, r1: {"weight": 0.0},
+                                                       r2: {"weight": 1.0}}}}},
+    ]
+
+
+def greedy(llm) -> list[list[int]]:
+    from vllm import SamplingParams
+
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(max_tokens=12, temperature=0),
+                           use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def evaluation(llm, shared_data):
+    from alloy.evaluation import evaluate
+    from alloy.evaluation.vllm_lm import ThinkingVLLM
+
+    lm = ThinkingVLLM(llm, max_gen_toks=16, seed=0)
+    result = evaluate(lm, None, ["aime24", "math500"], limit=2, max_gen_toks=16, data_dir=shared_data,
+                      log_samples=True)
+    return result.to_dict()["tasks"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def swapped(request, local_ray, tmp_path_factory, tiny_tokenizer, shared_data):
+    """Per architecture: the outputs of each child swapped into one engine (and of the first child
+    swapped back), and those of a fresh engine on each child's merged checkpoint."""
+    from alloy.evaluation.vllm_lm import local_engine
+    from alloy.workers.engine import VllmEngine
+    from alloy.workers.store import start_stores
+
+    arch = request.param
+    root = tmp_path_factory.mktemp(arch)
+    paths = write_parents(root, arch, tiny_tokenizer, vllm=True, scale=0.3)
+    sweep = f"vllm-test-{arch}"
+    stores = start_stores(sweep, {str(p): str(p) for p in paths}, base=str(paths[0]), detached=False)
+    engine = VllmEngine(sweep)
+    children = recipes(paths)
+    swaps = []
+    for recipe in (*children, children[0]):
+        engine.swap(recipe)
+        swaps.append({"tokens": greedy(engine.llm), "eval": evaluation(engine.llm, shared_data)})
+    fresh = []
+    for i, recipe in enumerate(children):
+        (root / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
+        assert main(["merge", str(root / f"r{i}.yaml"), str(root / f"child{i}"), "--quiet"]) == 0
+        llm = local_engine(str(root / f"child{i}"), dtype="float32", enforce_eager=True)
+        fresh.append({"tokens": greedy(llm), "eval": evaluation(llm, shared_data)})
+        del llm
+        gc.collect()
+    yield dict(arch=arch, swaps=swaps, fresh=fresh, engine=engine, paths=paths)
+    del engine, stores
+    gc.collect()
+
+
+def test_swapped_child_equals_fresh_engine(swapped):
+    for swap, fresh in zip(swapped["swaps"], swapped["fresh"]):
+        assert swap["tokens"] == fresh["tokens"]
+    assert swapped["swaps"][0]["tokens"] != swapped["swaps"][1]["tokens"]  # the children differ
+
+
+def test_swapping_back_restores_outputs(swapped):
+    assert swapped["swaps"][2]["tokens"] == swapped["swaps"][0]["tokens"]
+    assert swapped["swaps"][2]["eval"] == swapped["swaps"][0]["eval"]
+
+
+def test_evaluate_on_swapped_engine_equals_fresh_engine(swapped):
+    for swap, fresh in zip(swapped["swaps"], swapped["fresh"]):
+        assert swap["eval"] == fresh["eval"]
+        for task in swap["eval"].values():
+            assert task["n_samples"] == 2 and task["output_tokens"]["total"] > 0
+
+
+def test_recipe_for_other_parents_is_refused(swapped, tmp_path):
+    recipe = recipes(swapped["paths"])[0]
+    recipe["models"][0]["model"] = str(tmp_path / "elsewhere")
+    with pytest.raises(AlloyError, match="does not hold"):
+        swapped["engine"].swap(recipe)
+
+
+def test_unservable_architecture_and_head_split_are_refused():
+    from alloy.workers.engine import check_servable
+
+    with pytest.raises(AlloyError, match="backend: hf"):
+        check_servable({"architectures": ["NoSuchModelForCausalLM"], "num_attention_heads": 4}, 1, "x/config.json")
+    with pytest.raises(AlloyError, match="do not divide"):
+        check_servable({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 6}, 4, "x/config.json")
+    check_servable({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 8}, 4, "x/config.json")
