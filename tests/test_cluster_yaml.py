@@ -62,3 +62,21 @@ def test_dashboard_is_not_exposed(config):
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=0.0.0.0" not in head_start
     assert "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_every_shipped_search_space_fits_a_node_type(config):
+    """Each shipped space's workers fit a worker node type, and the cluster can hold `concurrency` of them."""
+    from alloy.search.space import load_space
+
+    types = {name: t for name, t in config["available_node_types"].items() if name != config["head_node_type"]}
+    spaces = sorted((CLUSTER_YAML.parent / "search_spaces").glob("*.yaml"))
+    assert spaces
+    for path in spaces:
+        search = load_space(path, check_paths=False).search
+        per_node = {name: min(t["resources"].get("GPU", 0) // search.gpu if search.gpu else float("inf"),
+                              t["resources"].get("CPU", 0) // search.cpu if search.cpu else float("inf"))
+                    for name, t in types.items()}
+        fitting = {name: n for name, n in per_node.items() if n >= 1}
+        assert fitting, f"{path.name}: no node type has {search.gpu:g} GPUs and {search.cpu:g} CPUs"
+        capacity = sum(min(n, 1e6) * types[name]["max_workers"] for name, n in fitting.items())
+        assert capacity >= search.concurrency, f"{path.name}: the cluster holds {capacity} of its workers"
