@@ -57,9 +57,12 @@ def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str) 
 class SwapExtension:
     """Methods vLLM adds to each of its workers (`worker_extension_cls`), reached through `collective_rpc`."""
 
-    def alloy_swap(self, sweep: str, recipe: dict) -> dict[str, Any]:
-        """Load the child of `recipe` into this rank's model in place, merging from the sweep's stores."""
+    def alloy_swap(self, sweep: str, recipe: dict, address: str) -> dict[str, Any]:
+        """Load the child of `recipe` into this rank's model in place, merging from the sweep's stores
+        (`address`: the Ray cluster's, for ranks that run in processes of their own)."""
         start = time.perf_counter()
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
         for attempt in range(2):
             manifest = _manifest(sweep, refresh=attempt > 0)
             plan = plan_in_store(manifest, recipe, sweep, _template(manifest).config.get("architectures"))
@@ -166,7 +169,8 @@ class VllmEngine:
         start = time.perf_counter()
         recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
         self.current = None  # while its weights are being replaced the engine serves no child
-        self.llm.collective_rpc("alloy_swap", args=(self.sweep, recipe.to_dict()))
+        self.llm.collective_rpc("alloy_swap", args=(self.sweep, recipe.to_dict(),
+                                                    ray.get_runtime_context().gcs_address))
         self.llm.reset_prefix_cache()
         self.current = recipe.hash
         return time.perf_counter() - start

@@ -1,0 +1,78 @@
+"""The vLLM backend on GPUs: tensor parallel 1 and 2, and block-FP8 children (skipped without CUDA).
+
+Each test swaps children into a live engine and compares with a fresh engine on the child that
+`alloy merge` writes, as tests/test_vllm_engine.py does on the CPU build.
+"""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+pytest.importorskip("vllm")
+
+from alloy.cli import main  # noqa: E402
+from tests.parents import to_fp8_checkpoint, write_parents  # noqa: E402
+from tests.test_vllm_engine import greedy, recipes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype: str | None = None) -> None:
+    from vllm import LLM
+
+    from alloy.workers.engine import VllmEngine
+    from alloy.workers.store import start_stores
+
+    stores = start_stores(sweep, {str(p): str(p) for p in paths}, base=str(paths[0]), detached=False)
+    children = recipes(paths)
+    if out_dtype:
+        children = [{**r, "out_dtype": out_dtype} for r in children]
+    engine = VllmEngine(sweep, tensor_parallel=tensor_parallel, executor="mp")
+    swapped = []
+    for recipe in (*children, children[0]):
+        engine.swap(recipe)
+        swapped.append(greedy(engine.llm))
+    del engine
+    gc.collect()
+    assert swapped[2] == swapped[0] and swapped[0] != swapped[1]
+    for i, recipe in enumerate(children):
+        (root / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
+        assert main(["merge", str(root / f"r{i}.yaml"), str(root / f"child{i}"), "--quiet"]) == 0
+        llm = LLM(model=str(root / f"child{i}"), tensor_parallel_size=tensor_parallel, dtype="bfloat16",
+                  distributed_executor_backend="mp", gpu_memory_utilization=0.3)
+        assert greedy(llm) == swapped[i]
+        del llm
+        gc.collect()
+    del stores
+
+
+def test_tensor_parallel_1(local_ray, tmp_path, tiny_tokenizer):
+    paths = write_parents(tmp_path, "qwen3_moe", tiny_tokenizer, vllm=True, scale=0.3, dtype=torch.bfloat16)
+    swap_against_fresh(tmp_path, paths, "gpu-tp1", 1)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_tensor_parallel_2(local_ray, tmp_path, tiny_tokenizer):
+    paths = write_parents(tmp_path, "qwen3", tiny_tokenizer, vllm=True, scale=0.3, hidden_size=128,
+                          dtype=torch.bfloat16)
+    swap_against_fresh(tmp_path, paths, "gpu-tp2", 2)
+
+
+def test_block_fp8_children(local_ray, tmp_path, tiny_tokenizer):
+    bf16 = write_parents(tmp_path / "bf16", "llama", tiny_tokenizer, vllm=True, scale=0.3, hidden_size=256,
+                         intermediate_size=512)
+    paths = [to_fp8_checkpoint(p, tmp_path / f"fp8_{p.name}") for p in bf16]
+    swap_against_fresh(tmp_path, paths, "gpu-fp8", 1, out_dtype="float8_e4m3fn")
