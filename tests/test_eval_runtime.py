@@ -212,11 +212,11 @@ def test_vllm_backend_records_tokens(tmp_path, tiny_tokenizer):
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("the vLLM backend needs a GPU")
-    from alloy.evaluation.vllm_lm import ThinkingVLLM
+    from alloy.evaluation.vllm_lm import ThinkingVLLM, local_engine
     from alloy.tiny import save_tiny_checkpoint
 
     path = save_tiny_checkpoint(make_tiny_model("qwen3"), tmp_path / "model", tiny_tokenizer)
-    lm = ThinkingVLLM(str(path), max_gen_toks=16, gpu_memory_utilization=0.3, enforce_eager=True)
+    lm = ThinkingVLLM(local_engine(str(path), gpu_memory_utilization=0.3, enforce_eager=True), max_gen_toks=16)
     result = evaluate(lm, None, ["aime24"], data_dir=SHARED_DATA, limit=2, max_gen_toks=16, log_samples=True)
     task = result.tasks["aime24"]
     assert task.n_samples == 2 and all(0 < s.output_tokens <= 16 for s in task.samples)
