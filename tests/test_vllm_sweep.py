@@ -71,7 +71,7 @@ def test_vllm_backend_errors_come_before_any_parent_is_loaded(tmp_path, tiny_tok
 
     monkeypatch.setattr(pool, "node_gpus", lambda: [0, 1])  # a cluster whose largest node has one GPU
     with pytest.raises(AlloyError, match="no node of this Ray cluster"):
-        pool.check_vllm_workers(settings(resources={"cpu": 1, "gpu": 2}))
+        pool.check_node_fit(settings(resources={"cpu": 1, "gpu": 2}))
     with pytest.raises(AlloyError, match="do not divide"):
         pool.check_vllm_workers(settings(resources={"cpu": 1, "gpu": 3}))
     monkeypatch.setattr(pool, "vllm_installed", lambda: False)

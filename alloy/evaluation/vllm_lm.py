@@ -46,8 +46,18 @@ def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_le
     for key, value in ONE_PROCESS_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+    engine_args = {**cpu_engine_args(), **engine_args}
     return LLM(model=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
                distributed_executor_backend="uni", **engine_args)
+
+
+def cpu_engine_args() -> dict[str, Any]:
+    """Engine settings vLLM 0.32's CPU build needs: no chunked prefill, because a seeded (sampled)
+    request whose prompt is split over steps fails there ("CPU Generator does not use offset").
+    Empty where CUDA is present."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
 
 
 @dataclass
@@ -176,7 +186,7 @@ class ThinkingVLLM(VLLM):
         elif row.until:
             stops["stop"] = row.until
         row.rounds += 1
-        return SamplingParams(max_tokens=left, seed=(row.seed + row.rounds) % 2**63,
+        return SamplingParams(max_tokens=left, seed=(row.seed + row.rounds) % 2**63 if s.do_sample else None,
                               temperature=s.temperature if s.do_sample else 0.0,
                               top_p=1.0 if s.top_p is None else float(s.top_p), top_k=int(s.top_k or 0),
                               min_p=float(s.min_p or 0.0),

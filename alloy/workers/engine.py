@@ -139,7 +139,7 @@ class VllmEngine:
     def __init__(self, sweep: str, *, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                  executor: str | None = None, dtype: str | None = None, seed: int = 0,
                  max_model_len: int | None = None):
-        from alloy.evaluation.vllm_lm import local_engine
+        from alloy.evaluation.vllm_lm import cpu_engine_args, local_engine
 
         self.sweep = sweep
         manifest = _manifest(sweep, refresh=True)
@@ -159,7 +159,8 @@ class VllmEngine:
                 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")  # every rank on this node
             self.llm = LLM(model=str(template.path), dtype=dtype, seed=seed, max_model_len=max_model_len,
                            tensor_parallel_size=tensor_parallel, pipeline_parallel_size=pipeline_parallel,
-                           distributed_executor_backend=executor or ("ray" if on_gpu else "mp"), **options)
+                           distributed_executor_backend=executor or ("ray" if on_gpu else "mp"),
+                           **cpu_engine_args(), **options)
         self.start_s = time.perf_counter() - start
         self.template: Path = template.path
         self.current: str | None = None

@@ -90,13 +90,17 @@ def tensor_parallel_size(gpu: float) -> int:
 
 
 def check_vllm_workers(settings: PoolSettings) -> None:
-    """Before any parent is loaded: vLLM serves the parents' architecture, the worker's GPUs split its
-    heads, and some node of the cluster has that many GPUs."""
+    """Before any parent is loaded: vLLM serves the parents' architecture and the worker's GPUs split
+    its attention heads."""
     from alloy.io.checkpoint import Checkpoint
     from alloy.workers.engine import check_servable
 
     path = settings.base or next(iter(settings.models.values()))
     check_servable(Checkpoint.open(path).config, tensor_parallel_size(settings.gpu), path)
+
+
+def check_node_fit(settings: PoolSettings) -> None:
+    """AlloyError when a worker asks for more GPUs than any node of the cluster has."""
     most = max(node_gpus())
     if settings.gpu > most:
         raise AlloyError(f"search.resources.gpu: each worker asks for {settings.gpu:g} GPUs, but no node of this Ray "
@@ -200,6 +204,7 @@ def prepare(settings: PoolSettings) -> None:
         pass
     print(f"alloy: sweep workers evaluate on the {backend} backend"
           + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else ""), flush=True)
+    check_node_fit(settings)
     if backend == "vllm":
         check_vllm_workers(settings)
     start_stores(sweep, settings.models, base=settings.base)
