@@ -28,3 +28,15 @@ def test_merge_bench(tmp_path):
 def test_build_bench(tmp_path):
     out = run_bench("build_bench.py", tmp_path)
     assert "in-memory build" in out and "faster per candidate" in out and "2 builder(s)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sweep_bench(tmp_path):
+    pytest.importorskip("vllm")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "sweep_bench.py"), "--workdir", str(tmp_path),
+                           "--candidates", "1", "--prompts", "2", "--tokens", "8"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in ("(a) vLLM swap", "(b) vLLM fresh engine", "(a)/(b)", "(a)/(c)", "(c)/(d)", "merge + swap share"):
+        assert line in proc.stdout, proc.stdout
