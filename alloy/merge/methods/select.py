@@ -125,14 +125,32 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
 
 
 def _mark_equal(mask: torch.Tensor, flat: torch.Tensor, key: int, first: int, last: int, equal: int) -> None:
-    """Mark the entries equal to `key` whose position in flat-index order among them is in [first, last)."""
+    """Mark the entries equal to `key` whose position in flat-index order among them is in [first, last):
+    those equal entries are exactly the ones inside one index span, which is found by counting them
+    block by block."""
     if first >= last:
         return
     same = flat == key
     if first == 0 and last == equal:
         mask |= same
-    else:
-        mask[torch.nonzero(same).view(-1)[first:last]] = True
+        return
+    begin = _position_of(same, first) if first > 0 else 0
+    end = _position_of(same, last) if last < equal else flat.numel()
+    mask[begin:end] |= same[begin:end]
+
+
+# Entries per block when counting equal keys to find where the j-th one lies.
+TIE_BLOCK = 1 << 12
+
+
+def _position_of(same: torch.Tensor, j: int) -> int:
+    """The flat index of the j-th (0-based) true entry of the boolean vector `same`."""
+    whole = same.numel() // TIE_BLOCK * TIE_BLOCK
+    per_block = same[:whole].view(-1, TIE_BLOCK).sum(dim=1, dtype=torch.int32).cumsum_(0)
+    block, before = _bucket(per_block, j) if whole else (0, 0)
+    start = block * TIE_BLOCK
+    span = same[start:start + TIE_BLOCK] if start < whole else same[whole:]
+    return start + int(torch.nonzero(span)[j - before])
 
 
 def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
