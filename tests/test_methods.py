@@ -553,7 +553,7 @@ SIZES = [1, 7, 1000, 70_001]
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_magnitude_selections_equal_stable_sorts_ties_included(dtype):
     from alloy.merge.methods import sparsify
-    from tests import reference_selection as before
+    from tests import reference_methods as before
 
     for n in SIZES:
         x = tie_heavy(n, dtype, seed=n)
@@ -573,7 +573,7 @@ def test_magnitude_selections_equal_stable_sorts_ties_included(dtype):
 
 def test_magnitude_selections_equal_todays_sorts_where_no_ties_fall_at_the_cut():
     from alloy.merge.methods import sparsify
-    from tests import reference_selection as before
+    from tests import reference_methods as before
 
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
@@ -594,7 +594,7 @@ def test_magnitude_selections_equal_todays_sorts_where_no_ties_fall_at_the_cut()
 def test_order_statistics_equal_a_sort_and_arcee_quartiles_equal_kthvalue(dtype):
     from alloy.merge.methods.arcee_fusion import fusion_threshold
     from alloy.merge.methods.select import key_value, order_statistics, value_keys
-    from tests import reference_selection as before
+    from tests import reference_methods as before
 
     for n in SIZES:
         x = tie_heavy(n, dtype, seed=n + 1) * 100
@@ -633,3 +633,20 @@ def test_methods_on_cuda_match_the_cpu():
         assert torch.equal(sparsify.magnitude(x.cuda(), density).cpu(), sparsify.magnitude(x, density))
         assert torch.equal(sparsify.magnitude_outliers(x.cuda(), density, 0.05).cpu(),
                            sparsify.magnitude_outliers(x, density, 0.05))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_sign_consensus_equals_the_former_one_signed_zeros_included(dtype):
+    from alloy.merge.methods.task_arithmetic import sign_consensus
+    from tests import reference_methods as before
+
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 3):
+        for normalize in (True, False):
+            weights = [0.3, 0.7123, -0.41][:k]
+            deltas = [(torch.randn(5000, generator=g) * 0.01).to(dtype) for _ in weights]
+            for d in deltas:
+                d[::7], d[3::11] = 0.0, -0.0
+            weighted = [d * w for d, w in zip(deltas, weights)]
+            new, old = sign_consensus(weighted, weights, normalize), before.sign_consensus(weighted, weights, normalize)
+            assert torch.equal(new, old) and torch.equal(torch.signbit(new), torch.signbit(old)), (k, normalize)

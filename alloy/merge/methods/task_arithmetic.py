@@ -26,21 +26,28 @@ from alloy.merge.methods.spec import MergeInputs, MethodSpec, ParamSpec
 def sign_consensus(weighted: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:
     """TIES merge of weighted task vectors w_i·τ_i: elect the sign of Σ_i w_i·τ_i (+ where it is >= 0),
     sum the entries that agree with it, and with `normalize` divide each entry by the sum of the
-    weights of the agreeing models (by 1 where none agree)."""
-    total = weighted[0].clone()
-    for delta in weighted[1:]:
+    weights of the agreeing models (by 1 where none agree).
+
+    An entry agrees when its product with the elected sign (±1, exact) is positive; the sums run in
+    model order from zero, so the result is that of Σ_i [agree_i]·w_i·τ_i entry by entry.
+    """
+    total = torch.add(weighted[0], weighted[1]) if len(weighted) > 1 else weighted[0].clone()
+    for delta in weighted[2:]:
         total.add_(delta)
-    positive = total >= 0
+    elected = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
     del total
-    mixed = torch.zeros_like(weighted[0])
-    divisor = torch.zeros_like(weighted[0]) if normalize else None
+    mixed = divisor = None
     for delta, weight in zip(weighted, weights):
-        agree = torch.where(positive, delta > 0, delta < 0)
-        mixed.add_(delta * agree)
+        agree = torch.mul(delta, elected) > 0
+        if mixed is None:  # 0 + x is x, and 0 + ±0 is +0: the first term is the start
+            mixed = torch.where(agree, delta, 0.0)
+            divisor = torch.zeros_like(delta) if normalize else None
+        else:
+            mixed.add_(torch.where(agree, delta, 0.0))
         if divisor is not None:
-            divisor.add_(agree.to(divisor.dtype), alpha=weight)
+            divisor.add_(agree, alpha=weight)
     if divisor is not None:
-        divisor[divisor == 0] = 1
+        divisor.masked_fill_(divisor == 0, 1)
         mixed.div_(divisor)
     return mixed
 

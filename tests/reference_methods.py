@@ -1,5 +1,6 @@
-"""The magnitude selections as they were before radix selection (sorts, `topk`, `kthvalue`), kept as the
-reference the new ones are tested against bit for bit.
+"""The magnitude selections as they were before radix selection (sorts, `topk`, `kthvalue`) and TIES sign
+consensus as it was before it took fewer passes, kept as the reference the new ones are tested against
+bit for bit.
 
 `topk` and a non-stable `argsort` break ties at the cut in an order of their own (libstdc++'s
 nth_element, torch's unstable sort), not by any rule; `stable=True` runs the same code with stable
@@ -74,3 +75,22 @@ def fusion_threshold(importance: torch.Tensor) -> float:
     n = flat.numel()
     q1, median, q3 = (float(torch.kthvalue(flat, (n - 1) * k // 4 + 1).values) for k in (1, 2, 3))
     return median + 1.5 * (q3 - q1)
+
+
+def sign_consensus(weighted: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:
+    total = weighted[0].clone()
+    for delta in weighted[1:]:
+        total.add_(delta)
+    positive = total >= 0
+    del total
+    mixed = torch.zeros_like(weighted[0])
+    divisor = torch.zeros_like(weighted[0]) if normalize else None
+    for delta, weight in zip(weighted, weights):
+        agree = torch.where(positive, delta > 0, delta < 0)
+        mixed.add_(delta * agree)
+        if divisor is not None:
+            divisor.add_(agree.to(divisor.dtype), alpha=weight)
+    if divisor is not None:
+        divisor[divisor == 0] = 1
+        mixed.div_(divisor)
+    return mixed
