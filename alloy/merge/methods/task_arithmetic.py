@@ -148,7 +148,8 @@ TIES = _gta(
     formula=(rf"W = W_{{base}} + \lambda \sum_i m_i w_i \hat\tau_i / \sum_i m_i w_i, "
              rf"\hat\tau_i = topk(\tau_i), {_TIES}"),
     doc=("TIES (arXiv 2306.01708): each task vector keeps its max(1, ⌊density·n⌋) largest-magnitude "
-         "entries, the sign of Σ w_i·τ̂_i is elected per entry (+ on ties), the weighted entries that agree "
+         "entries (exactly, by radix selection; among equal magnitudes at the cut the lower flat index is "
+         "kept first, where mergekit's unstable sort picks in no defined order), the sign of Σ w_i·τ̂_i is elected per entry (+ on ties), the weighted entries that agree "
          "are summed and, with `normalize`, divided by the summed weights of the agreeing models."))
 
 DARE_TIES = _gta(
@@ -171,7 +172,8 @@ BREADCRUMBS = _gta(
     formula=(r"W = W_{base} + \lambda \sum_i w_i \hat\tau_i, "
              r"\hat\tau_i = \tau_i without its \gamma largest and its smallest entries"),
     doc=("Model Breadcrumbs (arXiv 2312.06795): each task vector drops its ⌊gamma·n⌋ largest-magnitude "
-         "entries and then its smallest ones so that ⌊density·n⌋ remain, then the weighted sum."))
+         "entries and then its smallest ones so that ⌊density·n⌋ remain (ranks by magnitude, equal ones by "
+         "flat index), then the weighted sum."))
 
 BREADCRUMBS_TIES = _gta(
     "breadcrumbs_ties", "magnitude_outliers", consensus=True, normalize=False, rescale=False,
@@ -183,7 +185,7 @@ DELLA = _gta(
     formula=(rf"W = W_{{base}} + \lambda \sum_i m_i w_i \hat\tau_i / \sum_i m_i w_i, "
              rf"P(keep) = density - \epsilon + 2\epsilon r, {_TIES}"),
     doc=("DELLA (arXiv 2406.11617): each entry is kept with probability density − ε + 2ε·r, r its "
-         "magnitude rank within its row scaled to [0, 1] (rows along the last dimension, as mergekit for "
+         "magnitude rank within its row scaled to [0, 1] (equal magnitudes ranked by index; rows along the last dimension, as mergekit for "
          "2-D tensors; a vector is one row), the kept vector is rescaled to the original L1 norm (`rescale`, as mergekit 0.1.5; the "
          "paper divides by the keep probability), then TIES sign consensus. density ± epsilon must lie "
          "in (0, 1)."))
