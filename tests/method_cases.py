@@ -44,20 +44,27 @@ def case_key(index: int, shape: tuple[int, ...], dtype: str) -> str:
     return f"{index}:{method}:{json.dumps(params, sort_keys=True)}:{json.dumps(mp, sort_keys=True)}:{shape}:{dtype}"
 
 
-def run_case(index: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """The result of case `index` on seeded parents: a base and two models moved by different amounts."""
-    method, params, mp = CASES[index]
-    spec = get_method(method)
+def case_parents(index: int, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: str = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Seeded parents of case `index` (made on the CPU, moved to `device`): a base and two models moved
+    by different amounts."""
     g = torch.Generator().manual_seed(1000 + index)
     base = torch.randn(shape, generator=g, dtype=torch.float64)
     models = [base + s * torch.randn(shape, generator=g, dtype=torch.float64) for s in (0.02, 0.05)]
-    base, models = base.to(dtype), [m.to(dtype) for m in models]
+    return base.to(device, dtype), [m.to(device, dtype) for m in models]
+
+
+def run_case(index: int, shape: tuple[int, ...], dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    """The result of case `index` on its parents, merged on `device`."""
+    method, params, mp = CASES[index]
+    spec = get_method(method)
+    base, models = case_parents(index, shape, dtype, device)
     n_models = 1 if method == "slerp" else 2
     tensors = models[:n_models]
     second = [{**mp, **({"weight": 1 - mp["weight"]} if "weight" in mp else {})}]
     model_params = [{**{p.name: p.default for p in spec.model_params}, **d} for d in [mp, *second][:n_models]]
     full = {**{p.name: p.default for p in spec.params}, **params}
-    gen = torch.Generator().manual_seed(7) if spec.random else None
+    gen = torch.Generator(device=device).manual_seed(7) if spec.random else None
     return spec.fn(MergeInputs(tensors, model_params, base, None, "t", gen), full)
 
 
