@@ -120,7 +120,7 @@ def main() -> None:
         alloy_s = time.perf_counter() - start
         mk_s = mergekit_seconds(args.mergekit, data, work, name) if args.mergekit and name not in ALLOY_ONLY else None
         mk = f"{mk_s:10.1f} | {mk_s / alloy_s:7.1f}x" if mk_s else f"{'n/a':>10} | {'':>8}"
-        print(f"| {name:16} | {data['dtype']:8} | {gbps:14.2f} | {bound:10.2f} | {gbps / bound:8.0%} | "
+        print(f"| {name:16} | {data['dtype']:8} | {gbps:14.3g} | {bound:10.3g} | {gbps / bound:8.1%} | "
               f"{alloy_s:12.1f} | {mk} |", flush=True)
 
 
