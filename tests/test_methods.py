@@ -519,3 +519,157 @@ def test_model_counts_for_recipe_validation():
         get_method("passthrough").check_model_count(2, False, False, "recipe.yaml")
     with pytest.raises(AlloyError, match="'slerp' takes exactly 1 model.* besides the base model, got 2"):
         get_method("slerp").check_model_count(3, True, True, "recipe.yaml")
+
+
+# ---------------------------------------------------------------- exact selection: today's results, bit for bit
+
+def test_every_method_gives_the_recorded_results_bit_for_bit():
+    """Digests recorded from the implementation before radix selection (tests/method_cases.py)."""
+    import json
+
+    from tests.method_cases import DIGESTS, all_digests
+
+    recorded = json.loads(DIGESTS.read_text())
+    now = all_digests()
+    assert set(now) == set(recorded)
+    assert [k for k in recorded if now[k] != recorded[k]] == []
+
+
+def tie_heavy(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Task-vector-like values with many equal magnitudes (bf16/fp16 have few mantissa bits; float32
+    and float64 are rounded to a grid), some zeros and negative zeros."""
+    x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 0.01
+    if dtype in (torch.float32, torch.float64):
+        x = (x * 2000).round() / 2000
+    x = x.to(dtype)
+    x[::13] = 0.0
+    x[5::17] = -0.0
+    return x
+
+
+SIZES = [1, 7, 1000, 70_001]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_magnitude_selections_equal_stable_sorts_ties_included(dtype):
+    from alloy.merge.methods import sparsify
+    from tests import reference_methods as before
+
+    for n in SIZES:
+        x = tie_heavy(n, dtype, seed=n)
+        for density, rescale in ((0.0, False), (0.001, True), (0.1, False), (0.5, True), (0.9, False), (1.0, True)):
+            assert torch.equal(sparsify.magnitude(x, density, rescale),
+                               before.magnitude(x, density, rescale, stable=True)), (n, density)
+            for gamma in (0.0, 0.05, 0.4):
+                assert torch.equal(sparsify.magnitude_outliers(x, density, gamma, rescale),
+                                   before.magnitude_outliers(x, density, gamma, rescale, stable=True)), (n, density, gamma)
+        for shape in ((n,), (1, n)) if n < 1000 else ((n // 250, 250),):
+            rows = x[:math.prod(shape)].reshape(shape)
+            for density, eps in ((0.5, 0.1), (0.3, 0.25)):
+                new = sparsify.della_magprune(rows, density, eps, torch.Generator().manual_seed(n))
+                old = before.della_magprune(rows, density, eps, torch.Generator().manual_seed(n), stable=True)
+                assert torch.equal(new, old), (n, shape, density)
+
+
+def test_magnitude_selections_equal_todays_sorts_where_no_ties_fall_at_the_cut():
+    from alloy.merge.methods import sparsify
+    from tests import reference_methods as before
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        # distinct magnitudes, shuffled, with random signs
+        x = ((torch.randperm(200_000, generator=g) + 1) * 1e-4).to(dtype)
+        x = torch.where(torch.rand(x.shape, generator=g) < 0.5, -x, x)
+        assert torch.unique(x.abs()).numel() == x.numel()
+        for density in (0.01, 0.3, 0.7):
+            assert torch.equal(sparsify.magnitude(x, density), before.magnitude(x, density))
+            assert torch.equal(sparsify.magnitude_outliers(x, density, 0.05, rescale=True),
+                               before.magnitude_outliers(x, density, 0.05, rescale=True))
+            rows = x.view(400, 500)
+            assert torch.equal(sparsify.della_magprune(rows, 0.5, 0.2, torch.Generator().manual_seed(1)),
+                               before.della_magprune(rows, 0.5, 0.2, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_order_statistics_equal_a_sort_and_arcee_quartiles_equal_kthvalue(dtype):
+    from alloy.merge.methods.arcee_fusion import fusion_threshold
+    from alloy.merge.methods.select import key_value, order_statistics, value_keys
+    from tests import reference_methods as before
+
+    for n in SIZES:
+        x = tie_heavy(n, dtype, seed=n + 1) * 100
+        x[3::7] = -x[3::7]
+        ordered = torch.sort(x.double()).values
+        ranks = sorted({0, n // 4, n // 2, n - 1})
+        for rank, stat in zip(ranks, order_statistics(value_keys(x), ranks)):
+            assert key_value(stat.key, dtype) == float(ordered[rank])
+            value = ordered[rank]
+            assert (stat.below, stat.equal) == (int((ordered < value).sum()), int((ordered == value).sum())) or value == 0
+        if dtype == torch.float64:
+            assert fusion_threshold(x.abs()) == before.fusion_threshold(x.abs())
+            assert fusion_threshold(x) == before.fusion_threshold(x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_methods_on_cuda_match_the_cpu():
+    """The same method code on CUDA: deterministic methods agree with the CPU result to float32 rounding
+    (and the magnitude selections exactly); the random ones, whose generators differ by device, keep
+    the same share."""
+    from tests.method_cases import CASES, case_parents, run_case
+
+    for index, (method, _, _) in enumerate(CASES):
+        cpu = run_case(index, (96, 160), torch.float32)
+        gpu = run_case(index, (96, 160), torch.float32, device="cuda").cpu()
+        if get_method(method).random:
+            base = case_parents(index, (96, 160), torch.float32)[0]
+            kept_cpu, kept_gpu = float((cpu != base).float().mean()), float((gpu != base).float().mean())
+            assert abs(kept_cpu - kept_gpu) < 0.03, (method, kept_cpu, kept_gpu)
+        else:
+            assert torch.allclose(gpu, cpu, rtol=1e-5, atol=1e-6), method
+    from alloy.merge.methods import sparsify
+
+    x = tie_heavy(70_001, torch.bfloat16, seed=3)
+    for density in (0.1, 0.5):
+        assert torch.equal(sparsify.magnitude(x.cuda(), density).cpu(), sparsify.magnitude(x, density))
+        assert torch.equal(sparsify.magnitude_outliers(x.cuda(), density, 0.05).cpu(),
+                           sparsify.magnitude_outliers(x, density, 0.05))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_sign_consensus_equals_the_former_one_signed_zeros_included(dtype):
+    from alloy.merge.methods.task_arithmetic import sign_consensus
+    from tests import reference_methods as before
+
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 3):
+        for normalize in (True, False):
+            weights = [0.3, 0.7123, -0.41][:k]
+            deltas = [(torch.randn(5000, generator=g) * 0.01).to(dtype) for _ in weights]
+            for d in deltas:
+                d[::7], d[3::11] = 0.0, -0.0
+            weighted = [d * w for d, w in zip(deltas, weights)]
+            new, old = sign_consensus(weighted, weights, normalize), before.sign_consensus(weighted, weights, normalize)
+            assert torch.equal(new, old) and torch.equal(torch.signbit(new), torch.signbit(old)), (k, normalize)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_alloy_merge_on_cuda_matches_the_cpu_merge(tmp_path, tiny_tokenizer):
+    import yaml
+
+    from alloy.cli import main
+    from tests.parents import read_all, write_parents
+
+    parents = write_parents(tmp_path, "llama", tiny_tokenizer, n=3)
+    for method, mp in (("linear", {"weight": 0.5}), ("ties", {"weight": 0.5, "density": 0.4}),
+                       ("breadcrumbs", {"weight": 0.5, "density": 0.6, "gamma": 0.05})):
+        recipe = tmp_path / f"{method}.yaml"
+        recipe.write_text(yaml.safe_dump({"merge_method": method, "dtype": "float32", "base_model": str(parents[0]),
+                                          "models": [{"model": str(p), "parameters": mp} for p in parents[1:]]}))
+        for device in ("cpu", "cuda"):
+            assert main(["merge", str(recipe), str(tmp_path / f"{method}-{device}"), "--device", device, "--quiet"]) == 0
+        cpu, gpu = read_all(tmp_path / f"{method}-cpu"), read_all(tmp_path / f"{method}-cuda")
+        assert set(cpu) == set(gpu)
+        for name in cpu:
+            assert torch.allclose(cpu[name], gpu[name], rtol=1e-5, atol=1e-6), (method, name)

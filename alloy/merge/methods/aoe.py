@@ -51,6 +51,13 @@ def aoe(inputs: MergeInputs, params: Mapping[str, Any]) -> torch.Tensor:
     threshold, norm = float(params["threshold"]), params["threshold_norm"]
 
     known = inputs.base_distances or [None] * len(inputs.tensors)
+    base_squared: list[float] = []  # ‖W_base‖², measured once for all models when a distance needs it
+
+    def distance(t: torch.Tensor) -> float:
+        squared = squared_distance(t, base)
+        if norm == "relative" and squared > 0.0 and not base_squared:
+            base_squared.append(squared_distance(base))
+        return normalized_distance(squared, base_squared[0] if base_squared else 0.0, base.numel(), norm)
 
     def near(i: int, t: torch.Tensor) -> bool:
         if i == inputs.base_index or t is base:
@@ -58,7 +65,7 @@ def aoe(inputs: MergeInputs, params: Mapping[str, Any]) -> torch.Tensor:
         if known[i] is not None:
             return known[i][norm] <= threshold
         # At threshold 0 only an identical tensor is near: one comparison pass, no sums.
-        return torch.equal(t, base) if threshold == 0.0 else tensor_distance(t, base, norm) <= threshold
+        return torch.equal(t, base) if threshold == 0.0 else distance(t) <= threshold
 
     if all(near(i, t) for i, t in enumerate(inputs.tensors)):
         return inputs.out.copy_(base) if inputs.out is not None else base.clone()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from alloy.merge.methods.common import CHUNK_ELEMENTS, define_method, other_models
+from alloy.merge.methods.select import key_value, order_statistics, value_keys
 from alloy.merge.methods.spec import MergeInputs
 
 # Tukey's fence: an importance at least median + FENCE·IQR keeps its delta.
@@ -54,10 +55,11 @@ def fusion_importance(model: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
 
 def fusion_threshold(importance: torch.Tensor) -> float:
     """median + 1.5·(q3 − q1) of `importance`, the quantiles taken exactly as the sorted values at index
-    ⌊q·(n − 1)⌋ (mergekit's convention, without its sampling of large tensors)."""
-    flat = importance.reshape(-1)
-    n = flat.numel()
-    q1, median, q3 = (float(torch.kthvalue(flat, (n - 1) * k // 4 + 1).values) for k in (1, 2, 3))
+    ⌊q·(n − 1)⌋ (mergekit's convention, without its sampling of large tensors), all three by one radix
+    selection."""
+    n = importance.numel()
+    stats = order_statistics(value_keys(importance.reshape(-1)), [(n - 1) * k // 4 for k in (1, 2, 3)])
+    q1, median, q3 = (key_value(s.key, importance.dtype) for s in stats)
     return median + FENCE * (q3 - q1)
 
 

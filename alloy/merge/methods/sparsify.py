@@ -3,6 +3,7 @@
 `magnitude` keeps the largest |δ| (TIES), `magnitude_outliers` also drops the largest `gamma` share
 (Model Breadcrumbs), `random` keeps each entry with probability `density` (DARE) and `della_magprune`
 keeps each entry with a probability that grows with its magnitude rank in its row (DELLA's MAGPRUNE).
+Magnitudes are selected and ranked exactly by radix selection over their bit patterns (select.py).
 With `rescale` the kept entries are scaled so the delta keeps its L1 norm (mergekit 0.1.5's rescaling
 for every pruning method). Every function returns a new tensor and leaves its input untouched.
 """
@@ -12,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
+
+from alloy.merge.methods.select import magnitude_keys, rank_range_mask, row_ranks, top_k_mask
 
 Pruning = Literal["magnitude", "magnitude_outliers", "random", "della_magprune"]
 
@@ -31,38 +34,26 @@ def masked(delta: torch.Tensor, kept: torch.Tensor, rescale: bool) -> torch.Tens
     return out.mul_(before / after)
 
 
-def _sortable(magnitudes: torch.Tensor) -> torch.Tensor:
-    return magnitudes.float() if magnitudes.device.type == "cpu" and magnitudes.dtype in (
-        torch.float16, torch.bfloat16) else magnitudes
-
-
 def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
-    """Keep the k = max(1, ⌊density·n⌋) entries of largest magnitude (all of them when density >= 1)."""
+    """Keep the k = max(1, ⌊density·n⌋) entries of largest magnitude (all of them when density >= 1);
+    among equal magnitudes at the cut, those of lower flat index."""
     n = delta.numel()
     if density >= 1:
         return delta.clone()
     if density <= 0 or n == 0:
         return torch.zeros_like(delta)
-    k = max(1, int(density * n))
-    top = torch.topk(_sortable(delta.abs().reshape(-1)), k, sorted=False).indices
-    kept = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    kept[top] = True
-    return masked(delta, kept.view(delta.shape), rescale)
+    return masked(delta, top_k_mask(magnitude_keys(delta), max(1, int(density * n))), rescale)
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
     """Drop the ⌊gamma·n⌋ largest entries and then the smallest ones, keeping ⌊density·n⌋ (fewer large
-    ones are dropped when density + gamma > 1)."""
+    ones are dropped when density + gamma > 1); equal magnitudes are ranked by flat index."""
     n = delta.numel()
     if density >= 1:
         return delta.clone()
     target = int(density * n)
-    n_top = int(gamma * n)
-    n_bottom = max(0, n - target - n_top)
-    order = torch.argsort(_sortable(delta.abs().reshape(-1)))
-    kept = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    kept[order[n_bottom:n_bottom + target]] = True
-    return masked(delta, kept.view(delta.shape), rescale)
+    n_bottom = max(0, n - target - int(gamma * n))
+    return masked(delta, rank_range_mask(magnitude_keys(delta), n_bottom, n_bottom + target), rescale)
 
 
 def bernoulli(delta: torch.Tensor, density: float, generator: torch.Generator,
@@ -87,12 +78,12 @@ def della_magprune(delta: torch.Tensor, density: float, epsilon: float, generato
         return torch.zeros_like(delta)
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(-1, delta.shape[-1])
     width = rows.shape[1]
-    ranks = torch.argsort(torch.argsort(_sortable(rows.abs()), dim=1), dim=1)
+    # the keep probability of each rank, then looked up by each entry's rank
     if width > 1:
-        rank_share = ranks.to(torch.float64) / (width - 1)
+        share = torch.arange(width, device=delta.device).to(torch.float64) / (width - 1)
     else:
-        rank_share = torch.full(rows.shape, 0.5, dtype=torch.float64, device=delta.device)
-    probabilities = rank_share.mul_(2 * epsilon).add_(density - epsilon)
+        share = torch.full((1,), 0.5, dtype=torch.float64, device=delta.device)
+    probabilities = share.mul_(2 * epsilon).add_(density - epsilon)[row_ranks(magnitude_keys(rows))]
     draws = torch.rand(rows.shape, generator=generator, device=delta.device, dtype=torch.float32)
     return masked(delta, (draws < probabilities).view(delta.shape), rescale)
 

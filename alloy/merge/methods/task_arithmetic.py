@@ -26,21 +26,28 @@ from alloy.merge.methods.spec import MergeInputs, MethodSpec, ParamSpec
 def sign_consensus(weighted: list[torch.Tensor], weights: list[float], normalize: bool) -> torch.Tensor:
     """TIES merge of weighted task vectors w_i·τ_i: elect the sign of Σ_i w_i·τ_i (+ where it is >= 0),
     sum the entries that agree with it, and with `normalize` divide each entry by the sum of the
-    weights of the agreeing models (by 1 where none agree)."""
-    total = weighted[0].clone()
-    for delta in weighted[1:]:
+    weights of the agreeing models (by 1 where none agree).
+
+    An entry agrees when its product with the elected sign (±1, exact) is positive; the sums run in
+    model order from zero, so the result is that of Σ_i [agree_i]·w_i·τ_i entry by entry.
+    """
+    total = torch.add(weighted[0], weighted[1]) if len(weighted) > 1 else weighted[0].clone()
+    for delta in weighted[2:]:
         total.add_(delta)
-    positive = total >= 0
+    elected = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
     del total
-    mixed = torch.zeros_like(weighted[0])
-    divisor = torch.zeros_like(weighted[0]) if normalize else None
+    mixed = divisor = None
     for delta, weight in zip(weighted, weights):
-        agree = torch.where(positive, delta > 0, delta < 0)
-        mixed.add_(delta * agree)
+        agree = torch.mul(delta, elected) > 0
+        if mixed is None:  # 0 + x is x, and 0 + ±0 is +0: the first term is the start
+            mixed = torch.where(agree, delta, 0.0)
+            divisor = torch.zeros_like(delta) if normalize else None
+        else:
+            mixed.add_(torch.where(agree, delta, 0.0))
         if divisor is not None:
-            divisor.add_(agree.to(divisor.dtype), alpha=weight)
+            divisor.add_(agree, alpha=weight)
     if divisor is not None:
-        divisor[divisor == 0] = 1
+        divisor.masked_fill_(divisor == 0, 1)
         mixed.div_(divisor)
     return mixed
 
@@ -141,7 +148,8 @@ TIES = _gta(
     formula=(rf"W = W_{{base}} + \lambda \sum_i m_i w_i \hat\tau_i / \sum_i m_i w_i, "
              rf"\hat\tau_i = topk(\tau_i), {_TIES}"),
     doc=("TIES (arXiv 2306.01708): each task vector keeps its max(1, ⌊density·n⌋) largest-magnitude "
-         "entries, the sign of Σ w_i·τ̂_i is elected per entry (+ on ties), the weighted entries that agree "
+         "entries (exactly, by radix selection; among equal magnitudes at the cut the lower flat index is "
+         "kept first, where mergekit's unstable sort picks in no defined order), the sign of Σ w_i·τ̂_i is elected per entry (+ on ties), the weighted entries that agree "
          "are summed and, with `normalize`, divided by the summed weights of the agreeing models."))
 
 DARE_TIES = _gta(
@@ -164,7 +172,8 @@ BREADCRUMBS = _gta(
     formula=(r"W = W_{base} + \lambda \sum_i w_i \hat\tau_i, "
              r"\hat\tau_i = \tau_i without its \gamma largest and its smallest entries"),
     doc=("Model Breadcrumbs (arXiv 2312.06795): each task vector drops its ⌊gamma·n⌋ largest-magnitude "
-         "entries and then its smallest ones so that ⌊density·n⌋ remain, then the weighted sum."))
+         "entries and then its smallest ones so that ⌊density·n⌋ remain (ranks by magnitude, equal ones by "
+         "flat index), then the weighted sum."))
 
 BREADCRUMBS_TIES = _gta(
     "breadcrumbs_ties", "magnitude_outliers", consensus=True, normalize=False, rescale=False,
@@ -176,7 +185,7 @@ DELLA = _gta(
     formula=(rf"W = W_{{base}} + \lambda \sum_i m_i w_i \hat\tau_i / \sum_i m_i w_i, "
              rf"P(keep) = density - \epsilon + 2\epsilon r, {_TIES}"),
     doc=("DELLA (arXiv 2406.11617): each entry is kept with probability density − ε + 2ε·r, r its "
-         "magnitude rank within its row scaled to [0, 1] (rows along the last dimension, as mergekit for "
+         "magnitude rank within its row scaled to [0, 1] (equal magnitudes ranked by index; rows along the last dimension, as mergekit for "
          "2-D tensors; a vector is one row), the kept vector is rescaled to the original L1 norm (`rescale`, as mergekit 0.1.5; the "
          "paper divides by the keep probability), then TIES sign consensus. density ± epsilon must lie "
          "in (0, 1)."))

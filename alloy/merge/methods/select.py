@@ -1,0 +1,174 @@
+"""Exact order statistics of magnitudes by radix selection over their bit patterns, in O(n) passes.
+
+The magnitude |x| of a float, read as a signed integer of the same width, is non-negative and ordered
+as the magnitudes (NaN above +inf). A histogram (`bincount`) of the top 16 bits of those keys finds the
+bucket that holds a given rank; only that bucket's few keys are kept for the next 16 bits, until every
+bit is resolved. No sort of the whole tensor is made, and the values found are exactly those a sort
+would give.
+
+Equal magnitudes are ordered by their flat index, as a stable sort orders them: where a cut falls inside
+a run of equal magnitudes, the ones of lower index come first (lowest ranks ascending; kept first by
+`top_k_mask`, as a stable descending sort).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+KEY_DTYPES = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+              torch.float64: torch.int64}
+DIGIT_BITS = 16
+DIGIT_MASK = (1 << DIGIT_BITS) - 1
+
+
+def magnitude_keys(x: torch.Tensor) -> torch.Tensor:
+    """|x| as non-negative integers of its width whose order is the order of the magnitudes."""
+    return x.abs().view(KEY_DTYPES[x.dtype])
+
+
+def value_keys(x: torch.Tensor) -> torch.Tensor:
+    """x as signed integers of its width whose order is the order of the values (-0 just below +0)."""
+    bits = x.view(KEY_DTYPES[x.dtype])
+    return torch.where(bits < 0, bits ^ torch.iinfo(bits.dtype).max, bits)
+
+
+def key_value(key: int, dtype: torch.dtype) -> float:
+    """The float of `dtype` whose key (`value_keys`, or `magnitude_keys` of a non-negative float) is `key`."""
+    int_dtype = KEY_DTYPES[dtype]
+    bits = key ^ torch.iinfo(int_dtype).max if key < 0 else key
+    return float(torch.tensor([bits], dtype=int_dtype).view(dtype))
+
+
+@dataclass(frozen=True)
+class OrderStatistic:
+    """The key at one ascending rank, with how many keys are smaller (`below`) and equal (`equal`)."""
+
+    key: int
+    below: int
+    equal: int
+
+
+def order_statistics(keys: torch.Tensor, ranks: Sequence[int]) -> list[OrderStatistic]:
+    """The keys at the given ascending ranks (0-based) of the integer tensor `keys` (`magnitude_keys` or
+    `value_keys`).
+
+    The first 16-bit digit (offset by 2¹⁵, so that negative keys count too) is counted for all ranks in
+    one pass over `keys`; each rank then resolves its remaining digits among the keys of its bucket only.
+    """
+    flat = keys.reshape(-1)
+    shift = flat.element_size() * 8 - DIGIT_BITS
+    offset = 1 << (DIGIT_BITS - 1)
+    top = (flat >> shift) + offset if shift > 0 else flat.to(torch.int32) + offset
+    counts = torch.bincount(top, minlength=1 << DIGIT_BITS).cumsum_(0)
+    found = []
+    for rank in ranks:
+        bucket, below = _bucket(counts, rank)
+        prefix = (bucket - offset) << shift
+        if shift == 0:
+            found.append(OrderStatistic(prefix, below, _count(counts, bucket)))
+            continue
+        found.append(_resolve(flat[top == bucket], rank - below, prefix, below, shift - DIGIT_BITS))
+    return found
+
+
+def _bucket(cumulative: torch.Tensor, rank: int) -> tuple[int, int]:
+    """The first bucket whose cumulative count exceeds `rank`, and the count of the buckets before it."""
+    bucket = int(torch.searchsorted(cumulative, torch.tensor([rank], device=cumulative.device), right=True))
+    return bucket, int(cumulative[bucket - 1]) if bucket > 0 else 0
+
+
+def _count(cumulative: torch.Tensor, bucket: int) -> int:
+    return int(cumulative[bucket]) - (int(cumulative[bucket - 1]) if bucket > 0 else 0)
+
+
+def _resolve(candidates: torch.Tensor, rank: int, prefix: int, below: int, shift: int) -> OrderStatistic:
+    """Resolve the digits at `shift` and below among the `candidates` that share the higher digits."""
+    while True:
+        digits = (candidates >> shift) & DIGIT_MASK if shift > 0 else candidates & DIGIT_MASK
+        counts = torch.bincount(digits, minlength=1 << DIGIT_BITS).cumsum_(0)
+        digit, before = _bucket(counts, rank)
+        prefix |= digit << shift
+        below += before
+        if shift == 0:
+            return OrderStatistic(prefix, below, _count(counts, digit))
+        candidates = candidates[digits == digit]
+        rank -= before
+        shift -= DIGIT_BITS
+
+
+def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Boolean mask (of `keys`' shape) of the entries whose ascending rank lies in [start, stop), equal keys
+    ranked by flat index."""
+    n = keys.numel()
+    start, stop = max(0, start), min(n, stop)
+    if start >= stop:
+        return torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
+    if start == 0 and stop == n:
+        return torch.ones(keys.shape, dtype=torch.bool, device=keys.device)
+    flat = keys.reshape(-1)
+    wanted = ([start] if start > 0 else []) + ([stop - 1] if stop < n else [])
+    stats = order_statistics(flat, wanted)
+    low = stats[0] if start > 0 else None
+    high = stats[-1] if stop < n else None
+    if low is not None and high is not None:
+        mask = (flat > low.key) & (flat < high.key) if low.key != high.key else torch.zeros_like(flat, dtype=torch.bool)
+    elif low is not None:
+        mask = flat > low.key
+    else:
+        mask = flat < high.key
+    for stat in {s.key: s for s in (low, high) if s is not None}.values():
+        _mark_equal(mask, flat, stat.key, max(start, stat.below) - stat.below,
+                    min(stop, stat.below + stat.equal) - stat.below, stat.equal)
+    return mask.view(keys.shape)
+
+
+def _mark_equal(mask: torch.Tensor, flat: torch.Tensor, key: int, first: int, last: int, equal: int) -> None:
+    """Mark the entries equal to `key` whose position in flat-index order among them is in [first, last):
+    those equal entries are exactly the ones inside one index span, which is found by counting them
+    block by block."""
+    if first >= last:
+        return
+    same = flat == key
+    if first == 0 and last == equal:
+        mask |= same
+        return
+    begin = _position_of(same, first) if first > 0 else 0
+    end = _position_of(same, last) if last < equal else flat.numel()
+    mask[begin:end] |= same[begin:end]
+
+
+# Entries per block when counting equal keys to find where the j-th one lies.
+TIE_BLOCK = 1 << 12
+
+
+def _position_of(same: torch.Tensor, j: int) -> int:
+    """The flat index of the j-th (0-based) true entry of the boolean vector `same`."""
+    whole = same.numel() // TIE_BLOCK * TIE_BLOCK
+    per_block = same[:whole].view(-1, TIE_BLOCK).sum(dim=1, dtype=torch.int32).cumsum_(0)
+    block, before = _bucket(per_block, j) if whole else (0, 0)
+    start = block * TIE_BLOCK
+    span = same[start:start + TIE_BLOCK] if start < whole else same[whole:]
+    return start + int(torch.nonzero(span)[j - before])
+
+
+def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest keys; among equal keys at the cut, those of lower flat index (the
+    first k of a stable descending sort)."""
+    n = keys.numel()
+    if k <= 0 or k >= n:
+        return torch.full(keys.shape, k > 0, dtype=torch.bool, device=keys.device)
+    flat = keys.reshape(-1)
+    (cut,) = order_statistics(flat, [n - k])
+    mask = flat > cut.key
+    _mark_equal(mask, flat, cut.key, 0, cut.below + cut.equal - (n - k), cut.equal)
+    return mask.view(keys.shape)
+
+
+def row_ranks(keys: torch.Tensor) -> torch.Tensor:
+    """Each entry's ascending rank within its row (the last dimension) of a 2-D integer tensor, equal keys
+    ranked by index: one stable sort of the integer keys, then its inverse permutation by a scatter."""
+    order = torch.sort(keys, dim=1, stable=True).indices
+    positions = torch.arange(keys.shape[1], device=keys.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
