@@ -49,7 +49,6 @@ from alloy.errors import AlloyError
 from alloy.merge.groups import GROUPS
 
 DEFAULT_SCOPE = "default"
-SAMPLERS = ("tpe", "nsga2", "random", "grid")
 START_POINTS = ("parents", "uniform")
 # Output-length statistics an evaluation reports besides the task metrics (`task/metric`).
 TOKEN_METRICS = ("tokens_mean", "tokens_median", "tokens_p90",
@@ -64,7 +63,8 @@ _RANGE_KEYS = {"low", "high", "log", "gradient", "choices", "per_model"}
 _EVAL_KEYS = {"runner", "tasks", "rungs", "repeats", "max_gen_toks", "thinking_budget", "generation",
               "data_dir", "synthetic"}
 _SEARCH_KEYS = {"sampler", "seed", "trials", "concurrency", "resources", "start", "reduction_factor", "prune",
-                "prune_metric", "retries", "grid_points", "population_size", "study_name"}
+                "prune_metric", "retries", "grid_points", "population_size", "study_name", "restart_strategy",
+                "scalarization", "confirm", "warm_start"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,6 +246,12 @@ class SearchSettings:
     grid_points: int = 3
     population_size: int | None = None
     study_name: str = "alloy"
+    restart_strategy: str = "none"                  # cmaes: "none" | "ipop"
+    scalarization: Mapping[str, float] = field(default_factory=dict)   # metric → weight (single-objective samplers)
+    confirm_top: int = 0                            # candidates re-scored at the end (0: no confirmation)
+    confirm_samples: int = 0                        # their sample count (> the last rung)
+    warm_start: str | None = None                   # an earlier sweep folder whose best recipes start this one
+    warm_start_top: int = 4
 
 
 @dataclass(frozen=True)
@@ -368,24 +374,11 @@ class SearchSpace:
         """The space as YAML, parent paths resolved (what a sweep folder keeps)."""
         return yaml.safe_dump(dict(self.document), sort_keys=False)
 
-    def create_sampler(self) -> Any:
-        """The seeded Optuna sampler the space names."""
-        import warnings
+    def create_sampler(self, start_points: Sequence[Mapping[str, Any]] = ()) -> Any:
+        """The seeded Optuna sampler the space names (alloy.search.samplers.create_sampler)."""
+        from alloy.search.samplers import create_sampler
 
-        import optuna
-
-        s = self.search
-        if s.sampler == "tpe":
-            with warnings.catch_warnings():  # multivariate/group/constant_liar are marked experimental
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
-                                                  n_startup_trials=min(10, max(3, s.trials // 5)))
-        if s.sampler == "nsga2":
-            population = s.population_size or max(4, min(50, s.trials // 4))
-            return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=population)
-        if s.sampler == "grid":
-            return optuna.samplers.GridSampler(self.grid(), seed=s.seed)
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return create_sampler(self, start_points)
 
     # ----------------------------------------------------------------------------------------------
     def _walk(self, draw: Draw) -> Candidate:
@@ -568,6 +561,9 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
         document["evaluation"] = {**data["evaluation"], "data_dir": evaluation.data_dir}
     objectives = _parse_objectives(data.get("objectives"), evaluation, source)
     search = _parse_search(data.get("search"), objectives, source)
+    if search.confirm_top and search.confirm_samples <= evaluation.rungs[-1]:
+        raise AlloyError(f"{source}: search.confirm.samples: {search.confirm_samples} is not above the last rung "
+                         f"({evaluation.rungs[-1]}); the confirmation scores candidates on more questions")
     name = data.get("name") or Path(source).stem
     if not isinstance(name, str):
         raise AlloyError(f"{source}: name: expected a string, got {name!r}")
@@ -575,6 +571,9 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
                         scopes=tuple(scopes), objectives=objectives, evaluation=evaluation, search=search,
                         document=document)
     _check_recipes(space)
+    from alloy.search.samplers import check_sampler
+
+    check_sampler(space)
     if evaluation.runner == "synthetic":
         from alloy.search.synthetic import SyntheticOptions
 
@@ -875,6 +874,8 @@ def _parse_objectives(raw: Any, evaluation: Evaluation, source: str) -> tuple[Ob
 def _parse_search(raw: Any, objectives: tuple[Objective, ...], source: str) -> SearchSettings:
     raw = _mapping(raw, "search", source)
     _unknown(raw, _SEARCH_KEYS, "search", source)
+    from alloy.search.samplers import RESTART_STRATEGIES, SAMPLERS
+
     sampler = raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise AlloyError(f"{source}: search.sampler: unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
@@ -909,7 +910,42 @@ def _parse_search(raw: Any, objectives: tuple[Objective, ...], source: str) -> S
         grid_points=_int(raw.get("grid_points", 3), "search.grid_points", source, 2),
         population_size=None if population is None else _int(population, "search.population_size", source, 2),
         study_name=study_name,
+        restart_strategy=_choice(raw.get("restart_strategy", "none"), RESTART_STRATEGIES, "search.restart_strategy",
+                                 source),
+        scalarization={str(k): _number(v, f"search.scalarization.{k}", source, 0.0)
+                       for k, v in _mapping(raw.get("scalarization"), "search.scalarization", source).items()},
+        **_parse_confirm(raw.get("confirm"), source), **_parse_warm_start(raw.get("warm_start"), source),
     )
+
+
+def _choice(value: Any, allowed: Sequence[str], where: str, source: str) -> str:
+    if value not in allowed:
+        raise AlloyError(f"{source}: {where}: expected one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _parse_confirm(raw: Any, source: str) -> dict[str, int]:
+    """`search.confirm: {top: K, samples: N}` → the SearchSettings fields (N checked against the rungs later)."""
+    raw = _mapping(raw, "search.confirm", source)
+    if not raw:
+        return {}
+    _unknown(raw, {"top", "samples"}, "search.confirm", source)
+    if "samples" not in raw:
+        raise AlloyError(f"{source}: search.confirm.samples: required (the sample count of the confirmation, "
+                         f"above the last rung)")
+    return {"confirm_top": _int(raw.get("top", 3), "search.confirm.top", source, 1),
+            "confirm_samples": _int(raw["samples"], "search.confirm.samples", source, 1)}
+
+
+def _parse_warm_start(raw: Any, source: str) -> dict[str, Any]:
+    """`search.warm_start: PATH` or `{from: PATH, top: K}` → the SearchSettings fields."""
+    if raw is None:
+        return {}
+    raw = {"from": raw} if isinstance(raw, str) else _mapping(raw, "search.warm_start", source)
+    _unknown(raw, {"from", "top"}, "search.warm_start", source)
+    if not isinstance(raw.get("from"), str) or not raw["from"]:
+        raise AlloyError(f"{source}: search.warm_start: expected the folder (or name) of an earlier sweep")
+    return {"warm_start": raw["from"], "warm_start_top": _int(raw.get("top", 4), "search.warm_start.top", source, 1)}
 
 
 def _check_recipes(space: SearchSpace) -> None:
