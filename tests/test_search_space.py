@@ -95,7 +95,7 @@ def test_load_space_and_recipe(tmp_path):
      "search.scalarization: cmaes optimizes one weighted sum of the objectives; give the weight of ['tokens_mean']"),
     (lambda d: d["search"].update(scalarization={"aime24/exact_match": 1.0}), "search.scalarization: only used by"),
     (lambda d: d["search"].update(confirm={"top": 2, "samples": 16}), "search.confirm.samples: 16 is not above"),
-    (lambda d: d["search"].update(confirm={"top": 2}), "search.confirm.samples: required"),
+    (lambda d: d["search"].update(confirm={"top": 2, "rounds": 2}), "search.confirm: unknown key(s) ['rounds']"),
     (lambda d: d["search"].update(warm_start={"top": 2}), "search.warm_start: expected the folder"),
     (lambda d: d["evaluation"]["synthetic"].update(step={"parent": "Z"}), "evaluation.synthetic.step: expected"),
     (lambda d: d["groups"]["routed_experts"]["parameters"].update(threshold={"low": 0.0, "high": 0.1, "log": True}),

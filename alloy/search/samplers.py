@@ -144,6 +144,11 @@ class RestartingCmaEsSampler(CmaEsSampler):
             if optimizer is not None and optimizer.should_stop():
                 self._use_round(len(search_space), self._round + 1)
         params = super().sample_relative(study, trial, search_space)
+        if self._restarts and params:  # this ask told the optimizer a generation: did that run just converge?
+            told = self._restore_optimizer([study._storage.get_trial(trial._trial_id)])
+            if told is not None and told.should_stop():
+                self._use_round(len(search_space), self._round + 1)
+                params = super().sample_relative(study, trial, search_space)
         if params:
             study._storage.set_trial_system_attr(trial._trial_id, ROUND_ATTR, self._round)
         return params

@@ -39,7 +39,7 @@ current directory, and stored absolute in every recipe.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -54,6 +54,8 @@ START_POINTS = ("parents", "uniform")
 TOKEN_METRICS = ("tokens_mean", "tokens_median", "tokens_p90",
                  "thinking_tokens_mean", "thinking_tokens_median", "thinking_tokens_p90")
 DEFAULT_RUNNER = "lm_eval"
+CONFIRM_TOP = 3          # search.confirm.top by default
+CONFIRM_FACTOR = 4       # search.confirm.samples by default: this many times the last rung
 
 _TOP_KEYS = {"name", "parents", "recipe", "default", "groups", "objectives", "evaluation", "search"}
 _PARENT_KEYS = {"models", "base", "root"}
@@ -230,7 +232,8 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The sweep itself: sampler, budget, parallelism, pruning, retries, starting points."""
+    """The sweep itself: sampler, budget, parallelism, pruning, retries, starting points, the
+    confirmation stage and the warm start."""
 
     sampler: str = "tpe"
     seed: int = 0
@@ -248,8 +251,8 @@ class SearchSettings:
     study_name: str = "alloy"
     restart_strategy: str = "none"                  # cmaes: "none" | "ipop"
     scalarization: Mapping[str, float] = field(default_factory=dict)   # metric → weight (single-objective samplers)
-    confirm_top: int = 0                            # candidates re-scored at the end (0: no confirmation)
-    confirm_samples: int = 0                        # their sample count (> the last rung)
+    confirm_top: int = 3                            # candidates re-scored at the end (0: no confirmation)
+    confirm_samples: int = 0                        # their sample count (> the last rung; 0: 4 × the last rung)
     warm_start: str | None = None                   # an earlier sweep folder whose best recipes start this one
     warm_start_top: int = 4
 
@@ -561,6 +564,8 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
         document["evaluation"] = {**data["evaluation"], "data_dir": evaluation.data_dir}
     objectives = _parse_objectives(data.get("objectives"), evaluation, source)
     search = _parse_search(data.get("search"), objectives, source)
+    if search.confirm_top and not search.confirm_samples:
+        search = replace(search, confirm_samples=CONFIRM_FACTOR * evaluation.rungs[-1])
     if search.confirm_top and search.confirm_samples <= evaluation.rungs[-1]:
         raise AlloyError(f"{source}: search.confirm.samples: {search.confirm_samples} is not above the last rung "
                          f"({evaluation.rungs[-1]}); the confirmation scores candidates on more questions")
@@ -925,16 +930,14 @@ def _choice(value: Any, allowed: Sequence[str], where: str, source: str) -> str:
 
 
 def _parse_confirm(raw: Any, source: str) -> dict[str, int]:
-    """`search.confirm: {top: K, samples: N}` → the SearchSettings fields (N checked against the rungs later)."""
+    """`search.confirm: {top: K, samples: N}` (default {top: 3}; `false` turns it off) → the SearchSettings
+    fields; N = 0 stands for 4 × the last rung (resolved, and checked against the rungs, by `_parse`)."""
+    if raw is False:
+        return {"confirm_top": 0}
     raw = _mapping(raw, "search.confirm", source)
-    if not raw:
-        return {}
     _unknown(raw, {"top", "samples"}, "search.confirm", source)
-    if "samples" not in raw:
-        raise AlloyError(f"{source}: search.confirm.samples: required (the sample count of the confirmation, "
-                         f"above the last rung)")
-    return {"confirm_top": _int(raw.get("top", 3), "search.confirm.top", source, 1),
-            "confirm_samples": _int(raw["samples"], "search.confirm.samples", source, 1)}
+    return {"confirm_top": _int(raw.get("top", CONFIRM_TOP), "search.confirm.top", source, 0),
+            "confirm_samples": _int(raw.get("samples", 0), "search.confirm.samples", source, 0)}
 
 
 def _parse_warm_start(raw: Any, source: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ hash and sample count), `tune/` (Ray Tune's experiment state) and `leaderboard.p
 Each trial evaluates its candidate at every rung in turn (reading the cache first) and reports once per
 rung; ASHA's time attribute is `asha_t` = reduction_factor ** rung, so its milestones fall exactly on
 the rungs whatever their sample counts. Trials that ASHA stops reach Optuna as PRUNED, never COMPLETE.
+The starting points (and, in a new sweep, those of `search.warm_start`) are enqueued trials. When
+Tune is done, the confirmation stage (alloy.search.confirm) re-scores the best candidates.
 
 Resume (`resume=True`) restores the Tune experiment (`Tuner.restore`) and the same Optuna study. Trials
 that were running when the driver died run again under the same trial id; the rungs they had finished
