@@ -216,8 +216,9 @@ def main() -> int:
                     if a.trials_to_eps <= args.trials and b.trials_to_eps <= args.trials]
             ratio = (f"{statistics.median(a for a, _ in both) / statistics.median(b for _, b in both):.2f} "
                      f"over the {len(both)} seeds where both reached ε" if both else "n/a (never both reached ε)")
-            print(f"{kind:<8} ASHA ratio {sampler}: samples to ε without / with ASHA = {ratio}; total samples "
-                  f"{statistics.median(o.samples for o in results[sampler]) / statistics.median(o.samples for o in results[f'{sampler} + ASHA']):.2f}")
+            total = (statistics.median(o.samples for o in results[sampler])
+                     / statistics.median(o.samples for o in results[f"{sampler} + ASHA"]))
+            print(f"{kind:<8} ASHA ratio {sampler}: samples to ε without / with ASHA = {ratio}; total samples {total:.2f}")
         ours = statistics.median(o.regret for o in results["alloy default"])
         theirs = statistics.median(o.regret for o in results["cmaes, same samples"])
         print(f"{kind:<8} regret ratio alloy default / plain cmaes at the same samples = "

@@ -28,3 +28,12 @@ def test_merge_bench(tmp_path):
 def test_build_bench(tmp_path):
     out = run_bench("build_bench.py", tmp_path)
     assert "in-memory build" in out and "faster per candidate" in out and "2 builder(s)" in out
+
+
+def test_search_bench():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "search_bench.py"), "--seeds", "1", "--trials", "6",
+                           "--objectives", "smooth", "--samplers", "random,cmaes"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "regret ratio alloy default / plain cmaes" in proc.stdout and "ASHA ratio cmaes" in proc.stdout
+    assert all(name in proc.stdout for name in ("alloy default", "random + ASHA", "nsga2 (2 objectives)"))

@@ -51,7 +51,8 @@ def test_confirmation_rung_changes_a_lucky_winner(tmp_path, capsys):
     truly_best = point([0.2, 0.5, 0.3], [0.1, 0.1, 0.8], 0.01)                 # the synthetic optimum
     mediocre = point([0.6, 0.2, 0.2], [0.5, 0.3, 0.2], 0.2)
     parent_a = dict(space.start_points())["parent:A"]
-    assert runner.true_score(space.candidate(truly_best).recipe) > runner.true_score(space.candidate(mediocre).recipe) + 0.2
+    truth = {name: runner.true_score(space.candidate(p).recipe) for name, p in (("best", truly_best), ("so-so", mediocre))}
+    assert truth["best"] > truth["so-so"] + 0.2
     # at the last rung the mediocre recipe drew lucky (0.94) and the best one unlucky (0.69)
     rows = [board_row(space, 0, parent_a, 0.3, reference="parent:A"), board_row(space, 1, mediocre, 0.94),
             board_row(space, 2, truly_best, 0.69), board_row(space, 3, mediocre, 0.4, rung=0, status="pruned")]

@@ -154,7 +154,8 @@ def evaluate_trial(config: dict, space: SearchSpace, sweep_dir: str) -> None:
                 raise RuntimeError(f"runner '{space.evaluation.runner}' returned no {missing} "
                                    f"(it returned {sorted(metrics)})")
             cache.put(candidate.recipe_hash, n_samples, metrics)
-        tune.report({**metrics, **reported_scalar(space, metrics), "rung": rung, "asha_t": space.search.reduction_factor ** rung,
+        tune.report({**metrics, **reported_scalar(space, metrics), "rung": rung,
+                     "asha_t": space.search.reduction_factor ** rung,
                      "n_samples": n_samples, "cached": cached, "recipe_hash": candidate.recipe_hash,
                      "baseline": baseline})
 
@@ -242,7 +243,8 @@ class SweepSearch(OptunaSearch):
         metric, mode = study_target(space)
         start = [*(p for _, p in space.start_points()), *warm]
         super().__init__(space=space.define_by_run, metric=metric, mode=mode,
-                         points_to_evaluate=start if enqueue_start else None, sampler=space.create_sampler(list(warm) or start),
+                         points_to_evaluate=start if enqueue_start else None,
+                         sampler=space.create_sampler(list(warm) or start),
                          study_name=study_name, storage=storage)
         self._last_rung = len(space.evaluation.rungs) - 1
         self._orphans = self._find_orphans()

@@ -194,7 +194,8 @@ class SyntheticRunner:
             else:
                 noisy = min(1.0, max(0.0, expected + self._noise(recipe_hash, n_samples, metric) * spread))
                 out[metric] = noisy
-                out[f"{metric}.lo"], out[f"{metric}.hi"] = max(0.0, noisy - 1.96 * spread), min(1.0, noisy + 1.96 * spread)
+                half = 1.96 * spread
+                out[f"{metric}.lo"], out[f"{metric}.hi"] = max(0.0, noisy - half), min(1.0, noisy + half)
         tokens = self.expected_tokens(mix) * math.exp(self._noise(recipe_hash, n_samples, "tokens") * spread)
         out.update(tokens_mean=tokens, tokens_median=0.9 * tokens, tokens_p90=1.8 * tokens,
                    thinking_tokens_mean=0.8 * tokens, thinking_tokens_median=0.72 * tokens,
