@@ -40,3 +40,12 @@ def test_sweep_bench(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in ("(a) vLLM swap", "(b) vLLM fresh engine", "(a)/(b)", "(a)/(c)", "(c)/(d)", "merge + swap share"):
         assert line in proc.stdout, proc.stdout
+
+
+def test_search_bench():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "search_bench.py"), "--seeds", "1", "--trials", "6",
+                           "--objectives", "smooth", "--samplers", "random,cmaes"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "regret ratio alloy default / plain cmaes" in proc.stdout and "ASHA ratio cmaes" in proc.stdout
+    assert all(name in proc.stdout for name in ("alloy default", "random + ASHA", "nsga2 (2 objectives)"))

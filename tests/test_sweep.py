@@ -34,10 +34,11 @@ def final_result(rung: int, score: float) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-def test_sweep_search_tells_optuna_pruned_complete_and_failed(tmp_path):
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "gp"])
+def test_sweep_search_tells_optuna_pruned_complete_and_failed(tmp_path, sampler):
     from alloy.search.sweep import TRIAL_KEY, SweepSearch
 
-    space = load_space(write_space(tmp_path, space_dict(search={"sampler": "random", "start": ["uniform"]})))
+    space = load_space(write_space(tmp_path, space_dict(search={"sampler": sampler, "start": ["uniform"]})))
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
     search = SweepSearch(space, storage, "alloy")
     configs = {name: search.suggest(name) for name in ("a", "b", "c")}
@@ -117,8 +118,9 @@ def test_end_to_end_sweep_through_ray_tune(tmp_path, ray_session, capsys):
     progress = capsys.readouterr().out
     assert "rung 1/3 n=4" in progress and "ETA" in progress and "sweep finished" in progress
 
-    rows = pq.read_table(board_path).to_pylist()
-    latest = {r["trial"]: r for r in rows if r["latest"]}
+    all_rows = pq.read_table(board_path).to_pylist()
+    rows = [r for r in all_rows if r["rung"] < 3]                       # the search rungs
+    latest = {r["trial"]: r for r in rows if r["trial"] not in {o["trial"] for o in rows if o["rung"] > r["rung"]}}
     study = {t.number: t for t in study_of(out).get_trials()}
     assert set(latest) == set(study) and len(study) == 12
     assert len(rows) == len({(r["trial"], r["rung"]) for r in rows})
@@ -145,6 +147,14 @@ def test_end_to_end_sweep_through_ray_tune(tmp_path, ray_session, capsys):
     assert not any(r["pareto"] for r in rows if r["status"] != "ok" or r["n_samples"] != 16)
     optuna_front = {t.number for t in study_of(out).best_trials}
     assert optuna_front == {r["trial"] for r in full if r["pareto"]}
+    for r in full:                                                       # every score carries its interval
+        assert r["aime24/exact_match.lo"] <= r["aime24/exact_match"] <= r["aime24/exact_match.hi"]
+
+    # the confirmation: the best 3 of the front re-scored on 4 x 16 samples, the winner decided on them
+    confirmed = [r for r in all_rows if r["rung"] == 3]
+    assert len(confirmed) == min(3, len(full)) and all(r["n_samples"] == 64 and r["latest"] for r in confirmed)
+    assert {r["trial"] for r in confirmed} <= {r["trial"] for r in full}
+    assert any(r["best"] for r in confirmed) and "best after confirmation: trial" in progress
 
     assert main(["report", str(out)]) == 0
     html = (out / "report.html").read_text()
@@ -161,7 +171,7 @@ def test_identical_recipes_are_scored_once(tmp_path, ray_session):
                                          "parameters": {"threshold": 0.01}}}
     data["evaluation"]["rungs"] = [2, 4]
     data["search"] = {"sampler": "random", "seed": 0, "trials": 6, "concurrency": 1, "prune": False,
-                      "resources": {"cpu": 1}}
+                      "resources": {"cpu": 1}, "confirm": False}
     out = tmp_path / "sweep"
     rows = pq.read_table(run_sweep(write_space(tmp_path, data), out)).to_pylist()
     hashes = {r["recipe_hash"] for r in rows}
@@ -185,10 +195,11 @@ def _wait_gone(pgid: int, timeout: float = 60.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_resume_after_the_driver_is_killed(tmp_path):
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes", "gp"])
+def test_resume_after_the_driver_is_killed(tmp_path, sampler):
     data = space_dict()
     data["evaluation"]["synthetic"] = {"seconds_per_sample": 0.1}
-    data["search"] = {"sampler": "tpe", "seed": 2, "trials": 10, "concurrency": 2, "resources": {"cpu": 1},
+    data["search"] = {"sampler": sampler, "seed": 2, "trials": 10, "concurrency": 2, "resources": {"cpu": 1},
                       "reduction_factor": 2, "start": ["parents"]}
     space = write_space(tmp_path, data)
     out = tmp_path / "sweep"

@@ -32,11 +32,16 @@ def test_sweep_on_tiny_parents_with_lm_eval(tmp_path, tiny_tokenizer, shared_dat
     assert main(["sweep", str(path), "--out", str(out)]) == 0
     rows = pq.read_table(out / "leaderboard.parquet").to_pylist()
     assert {r["status"] for r in rows} <= {"ok", "pruned"} and any(r["status"] == "ok" for r in rows)
-    full = [r for r in rows if r["n_samples"] == 4 and r["status"] == "ok"]
+    full = [r for r in rows if r["n_samples"] == 4 and r["status"] == "ok" and r["rung"] == 1]
     assert full and all(0.0 <= r["aime24/exact_match"] <= 1.0 and r["tokens_mean"] > 0 for r in full)
     assert all(r["merge_s"] >= 0 and r["eval_s"] > 0 for r in rows if not r["cached"])
     assert any(r["pareto"] for r in full) and not any(r["pareto"] for r in rows if r["status"] != "ok")
     assert any(r["merge_s"] > 0 for r in rows)  # children were built (starting points are the parents)
+    for r in full:                              # the evaluator's intervals reach the leaderboard
+        assert r["aime24/exact_match.lo"] <= r["aime24/exact_match"] <= r["aime24/exact_match.hi"]
+    confirmed = [r for r in rows if r["rung"] == 2]  # the confirmation: 4 x 4 samples, parents included
+    assert confirmed and all(r["n_samples"] == 16 and r["aime24/exact_match.hi"] is not None for r in confirmed)
+    assert any(r["best"] for r in confirmed)
     capsys.readouterr()
 
     assert main(["board", str(out), "--top", "3"]) == 0

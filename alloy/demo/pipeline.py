@@ -104,14 +104,16 @@ def _space_for(out: Path, scale: DemoScale) -> Path:
 
 
 def verdict(sweep: Path) -> DemoVerdict:
-    """Compare the best full-rung merge with each expert alone on the mean of the task objectives."""
+    """Compare the best merge with each expert alone on the mean of the task objectives: on the confirmed
+    scores when the sweep ran its confirmation, else at the full rung."""
     from alloy.search.leaderboard import leaderboard_meta, read_leaderboard
 
     table = read_leaderboard(sweep)
     meta = leaderboard_meta(table)
     tasks = [o["metric"] for o in meta["objectives"] if o["direction"] == "maximize"]
-    full = max(meta["rungs"])
-    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["n_samples"] == full]
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+    confirmed = [r for r in ok if r["rung"] == len(meta["rungs"])]
+    rows = confirmed or [r for r in ok if r["rung"] == len(meta["rungs"]) - 1]
 
     def combined(row: dict) -> float:
         return statistics.fmean(row[m] for m in tasks)

@@ -3,8 +3,15 @@
 Columns: `trial` (the Optuna trial number), `trial_id` (Ray Tune's), `recipe_hash`, `recipe` (canonical
 JSON), `status`, `error`, `rung` (0-based), `n_samples`, `latest` (the trial's last row), `cached`
 (scores reused from an identical recipe), `reference` (`parent:LABEL` / `uniform` for starting points),
-one column per objective named as in the search space, the output-token statistics, `merge_s`,
-`eval_s`, `finished_at` (unix seconds), `pareto`, and one `param.NAME` column per free coefficient.
+one column per objective named as in the search space and, for each score objective, its 95%
+interval `METRIC.lo` / `METRIC.hi` (Wilson for proportions, a bootstrap over questions otherwise: see
+alloy.evaluation.intervals), the output-token statistics, `merge_s`, `eval_s`, `finished_at` (unix
+seconds), `pareto`, `best` and `clear_lead` (set by the confirmation, alloy.search.confirm), and one
+`param.NAME` column per free coefficient.
+
+The confirmation stage adds a row at rung `len(rungs)` (the `confirmed` rung; `n_samples` is
+`search.confirm.samples`) to the candidates it re-scores; `pareto` of such a row is that of the trial's
+last search rung.
 
 `status` is the trial's outcome, the same on each of its rows: `ok` (evaluated up to the last rung),
 `pruned` (stopped early by ASHA), `failed` (build or evaluation raised; `error` says why), or
@@ -29,7 +36,14 @@ PARAM_PREFIX = "param."
 _META_KEY = b"alloy.leaderboard"
 _BASE_COLUMNS = ("trial", "trial_id", "recipe_hash", "recipe", "status", "error", "rung", "n_samples", "latest",
                  "cached", "reference")
-_TAIL_COLUMNS = (*TOKEN_METRICS, "merge_s", "eval_s", "finished_at", "pareto")
+_TAIL_COLUMNS = (*TOKEN_METRICS, "merge_s", "eval_s", "finished_at", "pareto", "best", "clear_lead")
+
+
+def interval_columns(metrics: Sequence[str]) -> list[str]:
+    """The interval columns (`METRIC.lo`, `METRIC.hi`) of the score objectives among `metrics`."""
+    from alloy.search.space import is_token_metric
+
+    return [f"{m}.{end}" for m in metrics if not is_token_metric(m) for end in ("lo", "hi")]
 
 
 def pareto_mask(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
@@ -114,13 +128,16 @@ class Leaderboard:
 
         rows = self.rows()
         params = sorted({k for r in rows for k in r if k.startswith(PARAM_PREFIX)})
-        columns = [*_BASE_COLUMNS, *[m for m in self.metrics if m not in _TAIL_COLUMNS], *_TAIL_COLUMNS, *params]
+        intervals = interval_columns(self.metrics)
+        columns = [*_BASE_COLUMNS, *[m for m in self.metrics if m not in _TAIL_COLUMNS], *intervals, *_TAIL_COLUMNS,
+                   *params]
         data = {c: [r.get(c) for r in rows] for c in columns}
         types = {"trial": pa.int64(), "rung": pa.int64(), "n_samples": pa.int64(), "latest": pa.bool_(),
-                 "cached": pa.bool_(), "pareto": pa.bool_(), "finished_at": pa.float64()}
+                 "cached": pa.bool_(), "pareto": pa.bool_(), "best": pa.bool_(), "clear_lead": pa.bool_(),
+                 "finished_at": pa.float64()}
         for c in ("trial_id", "recipe_hash", "recipe", "status", "error", "reference"):
             types[c] = pa.string()
-        for c in (*self.metrics, *TOKEN_METRICS, "merge_s", "eval_s"):
+        for c in (*self.metrics, *intervals, *TOKEN_METRICS, "merge_s", "eval_s"):
             types[c] = pa.float64()
         arrays = []
         for c in columns:
@@ -148,6 +165,10 @@ class Leaderboard:
         points = [[_float(r.get(m)) for m in self.metrics] for r in candidates]
         for row, on_front in zip(candidates, pareto_mask(points, [o["direction"] for o in self.objectives])):
             row["pareto"] = on_front
+        last = len(self.rungs) - 1
+        for (trial, rung), row in self._rows.items():
+            if rung > last and (trial, last) in self._rows:  # the confirmed rung
+                row["pareto"] = self._rows[(trial, last)]["pareto"]
 
 
 def _float(value: Any) -> float:
@@ -181,8 +202,9 @@ def leaderboard_meta(table: Any) -> dict:
 def select_rows(table: Any, top: int | None = None, pareto_only: bool = False, sort: str | None = None,
                 all_rungs: bool = False) -> list[dict]:
     """Leaderboard rows for display: each trial's latest row (or every row), optionally only the Pareto
-    front, best first by `sort` (default: the first objective; objectives sort by their direction,
-    token statistics ascending, anything else descending). Rows missing the sort value come last."""
+    front; the confirmation's best first, then by `sort` (default: the first objective; objectives sort
+    by their direction, token statistics ascending, anything else descending). Rows missing the sort
+    value come last."""
     meta = leaderboard_meta(table)
     directions = {o["metric"]: o["direction"] for o in meta["objectives"]}
     sort = sort or meta["objectives"][0]["metric"]
@@ -198,29 +220,33 @@ def select_rows(table: Any, top: int | None = None, pareto_only: bool = False, s
     def key(row: dict) -> tuple:
         value = row.get(sort)
         missing = value is None or (isinstance(value, float) and math.isnan(value))
+        first = not row.get("best")
         if missing:
-            return (1, 0, row["trial"])
+            return (first, 1, 0, row["trial"])
         if isinstance(value, str):
-            return (0, value, row["trial"])
-        return (0, value if ascending else -value, row["trial"])
+            return (first, 0, value, row["trial"])
+        return (first, 0, value if ascending else -value, row["trial"])
 
     rows.sort(key=key)
     return rows[:top] if top else rows
 
 
 def render_board(rows: Sequence[dict], table: Any) -> str:
-    """A plain-text table of leaderboard rows: trial, status, rung, objectives, tokens, free params."""
+    """A plain-text table of leaderboard rows: trial, status, rung, objectives with their 95% intervals,
+    tokens, the Pareto and best marks, free params. `best` is `*` for a confirmed winner whose lead over
+    every parent is beyond the intervals and `~` for one whose lead over some parent is not."""
     meta = leaderboard_meta(table)
     metrics = [o["metric"] for o in meta["objectives"]]
     extra = [] if "tokens_mean" in metrics else ["tokens_mean"]
     params = [c for c in table.column_names if c.startswith(PARAM_PREFIX)]
-    headers = ["trial", "status", "n", *metrics, *extra, "pareto", "reference",
+    headers = ["trial", "status", "n", *metrics, *extra, "pareto", "best", "reference",
                *[p[len(PARAM_PREFIX):] for p in params]]
     lines = []
     for r in rows:
         cells = [str(r["trial"]), r["status"], str(r["n_samples"])]
-        cells += [_cell(r.get(m)) for m in (*metrics, *extra)]
-        cells += ["*" if r["pareto"] else "", r.get("reference") or ""]
+        cells += [_cell(r.get(m)) + _interval_cell(r, m) for m in (*metrics, *extra)]
+        best = "" if not r.get("best") else "~" if r.get("clear_lead") is False else "*"
+        cells += ["*" if r["pareto"] else "", best, r.get("reference") or ""]
         cells += [_cell(r.get(p)) for p in params]
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(headers)]
@@ -228,7 +254,14 @@ def render_board(rows: Sequence[dict], table: Any) -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in lines]
     failed = [r for r in rows if r["status"] == "failed"]
     out += [f"trial {r['trial']} failed: {r['error']}" for r in failed]
+    if any(r.get("best") and r.get("clear_lead") is False for r in rows):
+        out.append("~ best after confirmation, but its lead over some parent is within the 95% intervals")
     return "\n".join(out)
+
+
+def _interval_cell(row: Mapping[str, Any], metric: str) -> str:
+    lo, hi = row.get(f"{metric}.lo"), row.get(f"{metric}.hi")
+    return "" if lo is None or hi is None else f" [{lo:.3g}, {hi:.3g}]"
 
 
 def _cell(value: Any) -> str:

@@ -40,7 +40,7 @@ current directory, and stored absolute in every recipe.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -50,12 +50,13 @@ from alloy.errors import AlloyError
 from alloy.merge.groups import GROUPS
 
 DEFAULT_SCOPE = "default"
-SAMPLERS = ("tpe", "nsga2", "random", "grid")
 START_POINTS = ("parents", "uniform")
 # Output-length statistics an evaluation reports besides the task metrics (`task/metric`).
 TOKEN_METRICS = ("tokens_mean", "tokens_median", "tokens_p90",
                  "thinking_tokens_mean", "thinking_tokens_median", "thinking_tokens_p90")
 DEFAULT_RUNNER = "lm_eval"
+CONFIRM_TOP = 3          # search.confirm.top by default
+CONFIRM_FACTOR = 4       # search.confirm.samples by default: this many times the last rung
 
 _TOP_KEYS = {"name", "parents", "recipe", "default", "groups", "objectives", "evaluation", "search"}
 _PARENT_KEYS = {"models", "base", "root"}
@@ -67,7 +68,8 @@ _EVAL_KEYS = {"runner", "tasks", "rungs", "repeats", "max_gen_toks", "thinking_b
 BACKENDS = ("auto", "vllm", "hf")
 DEFAULT_BATCH_SIZE = 16  # requests the hf backend generates together in a sweep
 _SEARCH_KEYS = {"sampler", "seed", "trials", "concurrency", "resources", "start", "reduction_factor", "prune",
-                "prune_metric", "retries", "grid_points", "population_size", "study_name"}
+                "prune_metric", "retries", "grid_points", "population_size", "study_name", "restart_strategy",
+                "scalarization", "confirm", "warm_start"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,7 +237,8 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The sweep itself: sampler, budget, parallelism, pruning, retries, starting points."""
+    """The sweep itself: sampler, budget, parallelism, pruning, retries, starting points, the
+    confirmation stage and the warm start."""
 
     sampler: str = "tpe"
     seed: int = 0
@@ -251,6 +254,12 @@ class SearchSettings:
     grid_points: int = 3
     population_size: int | None = None
     study_name: str = "alloy"
+    restart_strategy: str = "none"                  # cmaes: "none" | "ipop"
+    scalarization: Mapping[str, float] = field(default_factory=dict)   # metric → weight (single-objective samplers)
+    confirm_top: int = 3                            # candidates re-scored at the end (0: no confirmation)
+    confirm_samples: int = 0                        # their sample count (> the last rung; 0: 4 × the last rung)
+    warm_start: str | None = None                   # an earlier sweep folder whose best recipes start this one
+    warm_start_top: int = 4
 
 
 @dataclass(frozen=True)
@@ -373,24 +382,11 @@ class SearchSpace:
         """The space as YAML, parent paths resolved (what a sweep folder keeps)."""
         return yaml.safe_dump(dict(self.document), sort_keys=False)
 
-    def create_sampler(self) -> Any:
-        """The seeded Optuna sampler the space names."""
-        import warnings
+    def create_sampler(self, start_points: Sequence[Mapping[str, Any]] = ()) -> Any:
+        """The seeded Optuna sampler the space names (alloy.search.samplers.create_sampler)."""
+        from alloy.search.samplers import create_sampler
 
-        import optuna
-
-        s = self.search
-        if s.sampler == "tpe":
-            with warnings.catch_warnings():  # multivariate/group/constant_liar are marked experimental
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
-                                                  n_startup_trials=min(10, max(3, s.trials // 5)))
-        if s.sampler == "nsga2":
-            population = s.population_size or max(4, min(50, s.trials // 4))
-            return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=population)
-        if s.sampler == "grid":
-            return optuna.samplers.GridSampler(self.grid(), seed=s.seed)
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return create_sampler(self, start_points)
 
     # ----------------------------------------------------------------------------------------------
     def _walk(self, draw: Draw) -> Candidate:
@@ -573,6 +569,11 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
         document["evaluation"] = {**data["evaluation"], "data_dir": evaluation.data_dir}
     objectives = _parse_objectives(data.get("objectives"), evaluation, source)
     search = _parse_search(data.get("search"), objectives, source)
+    if search.confirm_top and not search.confirm_samples:
+        search = replace(search, confirm_samples=CONFIRM_FACTOR * evaluation.rungs[-1])
+    if search.confirm_top and search.confirm_samples <= evaluation.rungs[-1]:
+        raise AlloyError(f"{source}: search.confirm.samples: {search.confirm_samples} is not above the last rung "
+                         f"({evaluation.rungs[-1]}); the confirmation scores candidates on more questions")
     name = data.get("name") or Path(source).stem
     if not isinstance(name, str):
         raise AlloyError(f"{source}: name: expected a string, got {name!r}")
@@ -580,6 +581,9 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
                         scopes=tuple(scopes), objectives=objectives, evaluation=evaluation, search=search,
                         document=document)
     _check_recipes(space)
+    from alloy.search.samplers import check_sampler
+
+    check_sampler(space)
     if evaluation.runner == "synthetic":
         from alloy.search.synthetic import SyntheticOptions
 
@@ -885,6 +889,8 @@ def _parse_objectives(raw: Any, evaluation: Evaluation, source: str) -> tuple[Ob
 def _parse_search(raw: Any, objectives: tuple[Objective, ...], source: str) -> SearchSettings:
     raw = _mapping(raw, "search", source)
     _unknown(raw, _SEARCH_KEYS, "search", source)
+    from alloy.search.samplers import RESTART_STRATEGIES, SAMPLERS
+
     sampler = raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise AlloyError(f"{source}: search.sampler: unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
@@ -919,7 +925,40 @@ def _parse_search(raw: Any, objectives: tuple[Objective, ...], source: str) -> S
         grid_points=_int(raw.get("grid_points", 3), "search.grid_points", source, 2),
         population_size=None if population is None else _int(population, "search.population_size", source, 2),
         study_name=study_name,
+        restart_strategy=_choice(raw.get("restart_strategy", "none"), RESTART_STRATEGIES, "search.restart_strategy",
+                                 source),
+        scalarization={str(k): _number(v, f"search.scalarization.{k}", source, 0.0)
+                       for k, v in _mapping(raw.get("scalarization"), "search.scalarization", source).items()},
+        **_parse_confirm(raw.get("confirm"), source), **_parse_warm_start(raw.get("warm_start"), source),
     )
+
+
+def _choice(value: Any, allowed: Sequence[str], where: str, source: str) -> str:
+    if value not in allowed:
+        raise AlloyError(f"{source}: {where}: expected one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _parse_confirm(raw: Any, source: str) -> dict[str, int]:
+    """`search.confirm: {top: K, samples: N}` (default {top: 3}; `false` turns it off) → the SearchSettings
+    fields; N = 0 stands for 4 × the last rung (resolved, and checked against the rungs, by `_parse`)."""
+    if raw is False:
+        return {"confirm_top": 0}
+    raw = _mapping(raw, "search.confirm", source)
+    _unknown(raw, {"top", "samples"}, "search.confirm", source)
+    return {"confirm_top": _int(raw.get("top", CONFIRM_TOP), "search.confirm.top", source, 0),
+            "confirm_samples": _int(raw.get("samples", 0), "search.confirm.samples", source, 0)}
+
+
+def _parse_warm_start(raw: Any, source: str) -> dict[str, Any]:
+    """`search.warm_start: PATH` or `{from: PATH, top: K}` → the SearchSettings fields."""
+    if raw is None:
+        return {}
+    raw = {"from": raw} if isinstance(raw, str) else _mapping(raw, "search.warm_start", source)
+    _unknown(raw, {"from", "top"}, "search.warm_start", source)
+    if not isinstance(raw.get("from"), str) or not raw["from"]:
+        raise AlloyError(f"{source}: search.warm_start: expected the folder (or name) of an earlier sweep")
+    return {"warm_start": raw["from"], "warm_start_top": _int(raw.get("top", 4), "search.warm_start.top", source, 1)}
 
 
 def _check_recipes(space: SearchSpace) -> None:

@@ -8,6 +8,8 @@ hash and sample count), `tune/` (Ray Tune's experiment state) and `leaderboard.p
 Each trial evaluates its candidate at every rung in turn (reading the cache first) and reports once per
 rung; ASHA's time attribute is `asha_t` = reduction_factor ** rung, so its milestones fall exactly on
 the rungs whatever their sample counts. Trials that ASHA stops reach Optuna as PRUNED, never COMPLETE.
+The starting points (and, in a new sweep, those of `search.warm_start`) are enqueued trials. When
+Tune is done, the confirmation stage (alloy.search.confirm) re-scores the best candidates.
 
 Resume (`resume=True`) restores the Tune experiment (`Tuner.restore`) and the same Optuna study. Trials
 that were running when the driver died run again under the same trial id; the rungs they had finished
@@ -32,9 +34,12 @@ from ray.tune.search.optuna import OptunaSearch
 from alloy.io.atomic import atomic_write_text
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
-from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard
+from alloy.search.confirm import confirm_sweep
+from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interval_columns
 from alloy.search.runner import check_runner, make_runner, prepare_runner
+from alloy.search.samplers import reported_scalar, study_target
 from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
+from alloy.search.warm_start import warm_start_points
 
 SPACE_FILE = "space.yaml"
 META_FILE = "sweep.json"
@@ -53,6 +58,7 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
     """
     space = load_space(space_path, check_paths=check_paths)
     check_runner(space)
+    warm = [] if resume else warm_start_points(space)
     out = Path(out_dir).resolve()
     rdb, study_name = _prepare_folder(space, out, resume, storage)
 
@@ -69,9 +75,10 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
         with _env(TUNE_GLOBAL_CHECKPOINT_S=CHECKPOINT_PERIOD_S, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
             tuner = _restored_tuner(space, out) if resume else None
             if tuner is None:
-                tuner = _new_tuner(space, out, rdb, study_name, resume)
+                tuner = _new_tuner(space, out, rdb, study_name, resume, warm)
             if tuner is not None:
                 tuner.fit()
+        confirm_sweep(space, out)
     finally:
         if started:
             ray.shutdown()
@@ -147,17 +154,19 @@ def evaluate_trial(config: dict, space: SearchSpace, sweep_dir: str) -> None:
                 raise RuntimeError(f"runner '{space.evaluation.runner}' returned no {missing} "
                                    f"(it returned {sorted(metrics)})")
             cache.put(candidate.recipe_hash, n_samples, metrics)
-        tune.report({**metrics, "rung": rung, "asha_t": space.search.reduction_factor ** rung,
+        tune.report({**metrics, **reported_scalar(space, metrics), "rung": rung,
+                     "asha_t": space.search.reduction_factor ** rung,
                      "n_samples": n_samples, "cached": cached, "recipe_hash": candidate.recipe_hash,
                      "baseline": baseline})
 
 
-def _new_tuner(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool) -> Any:
+def _new_tuner(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool,
+               warm: list[dict]) -> Any:
     """A Tuner for a new sweep (or for a study whose driver died before Tune saved anything); None when
-    the study already holds every trial."""
+    the study already holds every trial. `warm`: extra starting points (search.warm_start)."""
     from ray.tune.search import ConcurrencyLimiter
 
-    searcher = SweepSearch(space, rdb, study_name, enqueue_start=not resume)
+    searcher = SweepSearch(space, rdb, study_name, enqueue_start=not resume, warm=warm)
     trials = space.search.trials
     if space.search.sampler == "grid":
         trials = min(trials, space.grid_size())
@@ -229,13 +238,14 @@ class SweepSearch(OptunaSearch):
     Tune trial (the driver died before Tune saved it) are handed to the next Tune trials.
     """
 
-    def __init__(self, space: SearchSpace, storage: Any, study_name: str, enqueue_start: bool = True):
-        multi = len(space.objectives) > 1
-        metric = space.metrics if multi else space.metrics[0]
-        mode = [o.mode for o in space.objectives] if multi else space.objectives[0].mode
-        points = [p for _, p in space.start_points()] if enqueue_start else None
-        super().__init__(space=space.define_by_run, metric=metric, mode=mode, points_to_evaluate=points,
-                         sampler=space.create_sampler(), study_name=study_name, storage=storage)
+    def __init__(self, space: SearchSpace, storage: Any, study_name: str, enqueue_start: bool = True,
+                 warm: list[dict] = ()):
+        metric, mode = study_target(space)
+        start = [*(p for _, p in space.start_points()), *warm]
+        super().__init__(space=space.define_by_run, metric=metric, mode=mode,
+                         points_to_evaluate=start if enqueue_start else None,
+                         sampler=space.create_sampler(list(warm) or start),
+                         study_name=study_name, storage=storage)
         self._last_rung = len(space.evaluation.rungs) - 1
         self._orphans = self._find_orphans()
 
@@ -317,7 +327,7 @@ class SweepProgress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial, result["rung"], "running")
         row.update(n_samples=result["n_samples"], cached=bool(result.get("cached")))
-        for key in (*self.space.metrics, *TOKEN_METRICS, "merge_s", "eval_s"):
+        for key in (*self.space.metrics, *interval_columns(self.space.metrics), *TOKEN_METRICS, "merge_s", "eval_s"):
             value = result.get(key)
             row[key] = None if value is None else float(value)
         self._board.upsert(row)

@@ -1,0 +1,138 @@
+"""The confirmation stage: re-score the best candidates of a finished sweep on more questions, and decide
+the winner on those scores.
+
+A sweep's best trial at its last rung is often a lucky draw: on a few dozen questions one question
+moves a score by several points, and the more trials a sweep runs, the luckier its luckiest one. With
+`search.confirm: {top: K, samples: N}`, once the search ends the K best candidates at the last rung
+(the Pareto front first, then by the first objective) and every parent that was a starting point are
+evaluated on N questions (N above the last rung). Each gets a row at the `confirmed` rung
+(`rung == len(evaluation.rungs)`), and:
+
+- `best` marks the Pareto front of the confirmed rows (a parent can win: then no merge beat it);
+- `clear_lead` (on best rows that are not a parent) says whether, against every confirmed parent, the
+  winner is better beyond the 95% intervals on at least one score objective (its interval lies wholly
+  above, or below for a minimized objective, the parent's). `alloy board` marks a winner without a
+  clear lead `~`.
+
+The confirmation runs in the driver after Tune finishes, with the same runner and result cache as the
+trials, so a resumed sweep re-runs it from the cache.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from alloy.search.cache import ResultCache
+from alloy.search.leaderboard import FILENAME, Leaderboard, interval_columns, pareto_mask
+from alloy.search.runner import make_runner
+from alloy.search.space import TOKEN_METRICS, SearchSpace, is_token_metric
+
+
+def confirmation_rung(space: SearchSpace) -> int:
+    """The rung index of confirmed rows: one past the last search rung."""
+    return len(space.evaluation.rungs)
+
+
+def pick_candidates(space: SearchSpace, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows to confirm: the `search.confirm.top` best `ok` rows at the last rung (front first, then
+    by the first objective; one per recipe), then the parents among the starting points."""
+    last = len(space.evaluation.rungs) - 1
+    full = [r for r in rows if r["status"] == "ok" and r["rung"] == last]
+    first = space.objectives[0]
+    sign = -1.0 if first.direction == "maximize" else 1.0
+
+    def key(row: Mapping[str, Any]) -> tuple:
+        value = row.get(first.metric)
+        missing = value is None or math.isnan(value)
+        return (not row["pareto"], missing, 0.0 if missing else sign * value, row["trial"])
+
+    picked, seen = [], set()
+    for row in sorted(full, key=key):
+        if row["recipe_hash"] not in seen and not (row.get("reference") or "").startswith("parent:"):
+            picked.append(row)
+            seen.add(row["recipe_hash"])
+        if len(picked) == space.search.confirm_top:
+            break
+    parents = [r for r in full if (r.get("reference") or "").startswith("parent:") and r["recipe_hash"] not in seen]
+    return picked + parents
+
+
+def confirm_sweep(space: SearchSpace, out: str | Path) -> list[dict]:
+    """Run the confirmation stage of the sweep in `out` (a no-op without `search.confirm`); return the
+    confirmed rows, with `best` and `clear_lead` set, after writing them to the leaderboard."""
+    if not space.search.confirm_top:
+        return []
+    out = Path(out)
+    board = Leaderboard.open(out / FILENAME, [{"metric": o.metric, "direction": o.direction}
+                                              for o in space.objectives], space.evaluation.rungs)
+    candidates = pick_candidates(space, board.rows())
+    if not candidates:
+        return []
+    n = space.search.confirm_samples
+    print(f"confirming {len(candidates)} candidates on {n} samples: trials "
+          f"{', '.join(str(r['trial']) for r in candidates)}", flush=True)
+    cache = ResultCache(out / "cache")
+    runner = make_runner(space, out)
+
+    def score(row: Mapping[str, Any]) -> tuple[dict, bool]:
+        metrics = cache.get(row["recipe_hash"], n)
+        if metrics is not None:
+            return metrics, True
+        metrics = dict(runner.run(json.loads(row["recipe"]), row["recipe_hash"], n))
+        cache.put(row["recipe_hash"], n, metrics)
+        return metrics, False
+
+    with ThreadPoolExecutor(max_workers=max(1, space.search.concurrency)) as pool:
+        results = list(pool.map(score, candidates))
+    rung = confirmation_rung(space)
+    keys = (*space.metrics, *interval_columns(space.metrics), *TOKEN_METRICS, "merge_s", "eval_s")
+    confirmed = []
+    for row, (metrics, cached) in zip(candidates, results):
+        new = {k: v for k, v in row.items() if k not in (*keys, "latest", "pareto", "best", "clear_lead")}
+        new.update(rung=rung, n_samples=n, cached=cached, status="ok", error=None, finished_at=time.time())
+        new.update({k: None if metrics.get(k) is None else float(metrics[k]) for k in keys})
+        confirmed.append(new)
+    decide_best(space, confirmed)
+    for row in confirmed:
+        board.upsert(row)
+    board.write()
+    for row in confirmed:
+        if row["best"]:
+            verdict = "" if row["clear_lead"] is not False else " (its lead over some parent is within the intervals)"
+            scores = " ".join(f"{m}={row[m]:.4g}" for m in space.metrics if row.get(m) is not None)
+            print(f"best after confirmation: trial {row['trial']} [{row['recipe_hash'][:8]}] {scores}{verdict}",
+                  flush=True)
+    return confirmed
+
+
+def decide_best(space: SearchSpace, rows: Sequence[dict]) -> None:
+    """Set `best` (the Pareto front of `rows`) and `clear_lead` (see the module docstring) on each row."""
+    points = [[_float(r.get(m)) for m in space.metrics] for r in rows]
+    parents = [r for r in rows if (r.get("reference") or "").startswith("parent:")]
+    for row, on_front in zip(rows, pareto_mask(points, space.directions)):
+        row["best"] = on_front
+        row["clear_lead"] = None
+        if on_front and row not in parents and parents:
+            row["clear_lead"] = all(leads_beyond_intervals(space, row, p) for p in parents)
+
+
+def leads_beyond_intervals(space: SearchSpace, winner: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether `winner` beats `other` on some score objective by more than their 95% intervals."""
+    for o in space.objectives:
+        if is_token_metric(o.metric):
+            continue
+        w_lo, w_hi = winner.get(f"{o.metric}.lo"), winner.get(f"{o.metric}.hi")
+        p_lo, p_hi = other.get(f"{o.metric}.lo"), other.get(f"{o.metric}.hi")
+        if None in (w_lo, w_hi, p_lo, p_hi):
+            continue
+        if (o.direction == "maximize" and w_lo > p_hi) or (o.direction == "minimize" and w_hi < p_lo):
+            return True
+    return False
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
