@@ -126,26 +126,31 @@ class HFTeacher:
 
 
 def vllm_generate(llm, prompts: list[str], k: int, settings: SamplingSettings) -> list[list[tuple[list[int], str]]]:
-    """k samples of each prompt from a vLLM engine: (token ids, finish "eos"/"length") per sample."""
+    """k samples of each prompt from a vLLM engine: (token ids, finish "eos"/"length") per sample.
+
+    Sample j of a prompt is seeded as the HF teacher seeds it (`request_seed` of the seed, j and the prompt).
+    """
     from vllm import SamplingParams
 
     from alloy.evaluation.lm import request_seed
 
-    params = [SamplingParams(n=k, temperature=settings.temperature, top_p=settings.top_p,
-                             max_tokens=settings.max_new_tokens,
-                             seed=request_seed(settings.seed, 0, 0, TASK_NAME, prompt) % (2**31))
-              for prompt in prompts]
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    return [[(list(c.token_ids), "length" if c.finish_reason == "length" else "eos") for c in output.outputs]
-            for output in outputs]
+    requests = [(prompt, SamplingParams(n=1, temperature=settings.temperature, top_p=settings.top_p,
+                                        max_tokens=settings.max_new_tokens,
+                                        seed=request_seed(settings.seed, 0, j, TASK_NAME, prompt) % (2**31)))
+                for prompt in prompts for j in range(k)]
+    outputs = llm.generate([p for p, _ in requests], [params for _, params in requests], use_tqdm=False)
+    samples = [(list(o.outputs[0].token_ids), "length" if o.outputs[0].finish_reason == "length" else "eos")
+               for o in outputs]
+    return [samples[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 
 class VLLMTeacher:
     """One vLLM engine over the teacher checkpoint for the whole run."""
 
-    def __init__(self, model_dir: Path, settings: SamplingSettings, tensor_parallel_size: int = 1):
+    def __init__(self, model_dir: Path, settings: SamplingSettings, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9):
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
 
         from alloy.evaluation.lm import ThinkingDelimiters
@@ -153,8 +158,10 @@ class VLLMTeacher:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.delimiters = ThinkingDelimiters.from_tokenizer(self.tokenizer)
         self.settings = settings
+        # the checkpoint's own dtype, as the HF teacher loads it (vLLM's "auto" would run float32 in half precision)
+        dtype = str(getattr(AutoConfig.from_pretrained(model_dir, local_files_only=True), "dtype", None) or "auto")
         self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size, seed=settings.seed,
-                       dtype="auto", max_model_len=None)
+                       dtype=dtype.removeprefix("torch."), gpu_memory_utilization=gpu_memory_utilization)
 
     def generate(self, prompts: list[str], k: int) -> list[list[Completion]]:
         from alloy.evaluation.lm import token_record
@@ -170,8 +177,10 @@ class VLLMTeacher:
         return out
 
 
-def load_teacher(model_dir: Path, backend: str, settings: SamplingSettings, tensor_parallel_size: int = 1) -> Teacher:
-    """The teacher on the resolved backend (`resolve_backend`)."""
+def load_teacher(model_dir: Path, backend: str, settings: SamplingSettings, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9) -> Teacher:
+    """The teacher on the resolved backend (`resolve_backend`); the last two settings are vLLM's (on CPU
+    builds of vLLM, `gpu_memory_utilization` is the share of host memory its KV cache takes)."""
     if backend == "vllm":
-        return VLLMTeacher(model_dir, settings, tensor_parallel_size)
+        return VLLMTeacher(model_dir, settings, tensor_parallel_size, gpu_memory_utilization)
     return HFTeacher(model_dir, settings)

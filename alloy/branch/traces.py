@@ -50,6 +50,7 @@ class TraceSettings:
     allow_empty_domains: bool = False  # a student's run: no correct trace is not an error
     backend: str = "auto"
     tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9  # vLLM's share of GPU memory (of host memory on CPU builds)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def validate(self) -> None:
@@ -58,6 +59,8 @@ class TraceSettings:
         for name, low in (("k", 1), ("chunk", 1), ("logits_k", 0), ("tensor_parallel_size", 1)):
             if getattr(self, name) < low:
                 raise AlloyError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise AlloyError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
 
 
 @dataclass
@@ -264,7 +267,8 @@ def traces(teacher: str | Path, problems: Mapping[str, str | Path], out: str | P
     if pending or settings.logits_k:
         backend = resolve_backend(settings.backend)
         echo(f"traces: teacher {teacher} on {backend}; {pending} problems to sample ({settings.k} samples each)")
-        model = load_teacher(teacher, backend, settings.sampling, settings.tensor_parallel_size)
+        model = load_teacher(teacher, backend, settings.sampling, settings.tensor_parallel_size,
+                             settings.gpu_memory_utilization)
     progress = Progress(sum(len(p.problems) for p in plans), sum(len(p.done) for p in plans), echo)
     summaries = {}
     with code_execution(settings.allow_code_execution):
