@@ -42,14 +42,18 @@ def test_packed_examples_do_not_attend_to_each_other(arch):
     batch["input_ids"] = torch.cat([batch["input_ids"], torch.full((1, 3), 5)], dim=1)  # padding at the end
     batch["position_ids"] = torch.cat([batch["position_ids"], torch.arange(3)[None]], dim=1)
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         at = 0
         for example in examples:
             alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
             torch.testing.assert_close(packed[at:at + len(example.input_ids)], alone, rtol=1e-4, atol=1e-5)
             at += len(example.input_ids)
         # without the position ids the same row is one causal sequence, and later examples see earlier ones
-        leaked = model(input_ids=batch["input_ids"]).logits[0]
+        leaked = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+        # with a KV cache transformers ignores the packing: why training runs with use_cache=False
+        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits[0]
+        assert not torch.allclose(cached[len(examples[0].input_ids):at], packed[len(examples[0].input_ids):at],
+                                  atol=1e-3)
         assert not torch.allclose(leaked[len(examples[0].input_ids):at], packed[len(examples[0].input_ids):at],
                                   atol=1e-3)
 

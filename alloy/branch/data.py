@@ -219,7 +219,9 @@ def collate_packed(rows: Sequence[Sequence[EncodedExample]], pad_token_id: int) 
     """`input_ids`, `position_ids` and `labels` of packed rows, without an attention mask.
 
     Position ids restart at 0 for every example, which makes transformers build a block-diagonal causal
-    mask (`find_packed_sequence_indices`): no example attends to another. The padding at a row's end is
+    mask (`find_packed_sequence_indices`): no example attends to another. transformers does this only
+    when the forward pass runs without a KV cache: call the model with `use_cache=False`, or a
+    continuation sees the examples before it. The padding at a row's end is
     a segment of its own, with labels -100; so is every example's first token (no target crosses a
     boundary).
     """

@@ -406,7 +406,7 @@ def train_domain_loop(config: dict[str, Any]) -> None:
                                          device)
             labels = batch.pop("labels")
             with autocast:
-                logits = model(**batch).logits
+                logits = model(**batch, use_cache=False).logits  # with a cache, packing would leak
             loss, sft, kd = branch_loss(logits, labels, teacher_rows, config["kd_temperature"], config["kd_alpha"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
