@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("alloy.commands.export", "write a sweep's candidate as a Hugging Face checkpoint"),
     "submit": ("alloy.commands.submit", "submit a sweep to a Ray cluster as a job and follow its logs"),
     "demo": ("alloy.commands.demo", "run the whole pipeline locally on tiny models (make demo)"),
+    "traces": ("alloy.commands.traces", "sample a teacher over problems, keep the traces their scorers verify"),
+    "select": ("alloy.commands.select", "pick an s1-style subset of traces (quality, difficulty, diversity)"),
     "branch": ("alloy.commands.branch", "fine-tune a backbone into one expert per domain (Ray Train)"),
 }
 

@@ -7,6 +7,9 @@ generation prompt; the response is what the model learns to continue with. When 
 opens a block of its own (alloy's template opens `<think>\\n`), a response that starts with that opener
 is aligned with it, and a response without it gets it prepended, so training text and generation-time
 text agree. The loss covers the response tokens only (labels are -100 on the prompt).
+
+Packing (`pack_examples`, `collate_packed`) puts several short examples into one row of a fixed length
+with per-example position ids, so that they share a forward pass without attending to each other.
 """
 from __future__ import annotations
 
@@ -186,3 +189,53 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, 
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_examples(examples: Sequence[EncodedExample], pack_length: int, source: str) -> list[list[int]]:
+    """Group example indices into rows of at most `pack_length` tokens (first fit, longest first).
+
+    Every example must fit a row by itself: a longer one is an AlloyError naming it.
+    """
+    too_long = next((e for e in examples if len(e.input_ids) > pack_length), None)
+    if too_long is not None:
+        raise AlloyError(f"--pack-length {pack_length} is shorter than example {too_long.key!r} of {source} "
+                         f"({len(too_long.input_ids)} tokens); raise --pack-length to at least the longest example, "
+                         f"or lower --max-length to cut examples to it")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(examples)), key=lambda i: (-len(examples[i].input_ids), i)):
+        size = len(examples[index].input_ids)
+        row = next((r for r, free in enumerate(room) if free >= size), None)
+        if row is None:
+            rows.append([index])
+            room.append(pack_length - size)
+        else:
+            rows[row].append(index)
+            room[row] -= size
+    return rows
+
+
+def collate_packed(rows: Sequence[Sequence[EncodedExample]], pad_token_id: int) -> dict[str, Any]:
+    """`input_ids`, `position_ids` and `labels` of packed rows, without an attention mask.
+
+    Position ids restart at 0 for every example, which makes transformers build a block-diagonal causal
+    mask (`find_packed_sequence_indices`): no example attends to another. transformers does this only
+    when the forward pass runs without a KV cache: call the model with `use_cache=False`, or a
+    continuation sees the examples before it. The padding at a row's end is
+    a segment of its own, with labels -100; so is every example's first token (no target crosses a
+    boundary).
+    """
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for example in row:
+            n = len(example.input_ids)
+            ids[r, at:at + n] = torch.tensor(example.input_ids)
+            labels[r, at + 1:at + n] = torch.tensor(example.labels[1:])
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}

@@ -1,20 +1,33 @@
 """Fine-tune one backbone separately on each domain's traces with Ray Train, one expert per domain.
 
-For every domain, a `TorchTrainer` runs `train_domain_loop` on `num_workers` data-parallel workers
-(DDP; gloo on CPU, NCCL on GPU). Each epoch rank 0 reports a Ray Train checkpoint (`model/` as a
-Hugging Face folder in float32, `optimizer.pt`, `state.json`) into the run folder
-`<storage>/<domain>` (default storage: `<out>/.runs`). A run whose folder exists is resumed from its
-latest checkpoint (Ray Train restores it); the run folder also holds `alloy_branch.json`, the settings
-the run was started with, and resuming with different data or hyperparameters is refused. After the
-last epoch the driver writes `<out>/<domain>/` (config, safetensors in the backbone's dtype, tokenizer)
-under a temporary name and renames it: an ordinary HF folder, ready to be a merge parent. A domain
-whose expert folder already exists is skipped.
+For every domain, a `TorchTrainer` runs `train_domain_loop` on `num_workers` workers (gloo on CPU,
+NCCL on GPU), with one of two strategies:
 
-Batching: `batch_size` examples per worker per optimizer step; each epoch the examples are shuffled
-with a generator seeded by (seed, epoch) and split evenly over the workers (the shuffled order is
-padded by wrapping around, so every worker runs the same number of steps). The learning rate is
-constant (AdamW, no weight decay) and gradients are clipped to norm 1. Weights and optimizer state
-are float32; on GPU the forward pass runs under bfloat16 autocast.
+- `ddp`: a full model and AdamW state per worker (PyTorch DDP), for small backbones;
+- `fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`, each decoder layer and then the root), which
+  shards parameters, gradients and optimizer state over the workers, for backbones that do not fit
+  one device. The weights and AdamW state stay float32 shards; with bf16 precision each layer is
+  gathered in bfloat16 for compute and gradients are reduced in float32 (`MixedPrecisionPolicy`).
+
+`precision` `auto` means bf16 on GPU and float32 on CPU (DDP uses bfloat16 autocast for bf16).
+`activation_checkpointing` recomputes each decoder layer's activations in the backward pass.
+
+Each epoch rank 0 reports a Ray Train checkpoint (`model/` as a Hugging Face folder in float32, the
+full `optimizer.pt` and `scheduler.pt`, `state.json`) into the run folder `<storage>/<domain>` (default
+storage: `<out>/.runs`). A run whose folder exists is resumed from its latest checkpoint (Ray Train
+restores it); the run folder also holds `alloy_branch.json`, the settings the run was started with,
+and resuming with different data or hyperparameters is refused. After the last epoch the driver
+writes `<out>/<domain>/` (config, safetensors in the backbone's dtype, tokenizer) under a temporary
+name and renames it: an ordinary HF folder, ready to be a merge parent. A domain whose expert folder
+already exists is skipped.
+
+Batching: `batch_size` items per worker per optimizer step, an item being an example or, with
+`pack_length`, a packed row of examples (`alloy.branch.data.pack_examples`: per-example position ids,
+so packed examples do not attend to each other). Each epoch the items are shuffled with a generator
+seeded by (seed, epoch) and split evenly over the workers (the shuffled order is padded by wrapping
+around, so every worker runs the same number of steps). AdamW (no weight decay), gradients clipped to
+norm 1, and a learning-rate schedule (`lr_schedule`: `constant`, `linear` or `cosine` decay to 0 over
+the run's steps, after a linear warmup over `warmup_ratio` of them; transformers' `get_scheduler`).
 """
 from __future__ import annotations
 
@@ -28,10 +41,16 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from alloy.io.atomic import atomic_dir, atomic_write_text
-from alloy.branch.data import EncodedExample, encode_traces, load_chat_tokenizer, pad_id, read_traces
+from alloy.branch.data import (EncodedExample, encode_traces, load_chat_tokenizer, pack_examples, pad_id,
+                               read_traces)
 from alloy.errors import AlloyError
 
 RUN_SETTINGS_FILE = "alloy_branch.json"
+STRATEGIES = ("ddp", "fsdp")
+PRECISIONS = ("auto", "bf16", "fp32")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+# settings that do not change what a run computes, so a resumed run may change them
+_RUN_FREE_SETTINGS = ("epochs", "num_workers", "use_gpu", "activation_checkpointing")
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -41,17 +60,29 @@ class BranchSettings:
 
     epochs: int = 1
     lr: float = 1e-5
-    batch_size: int = 4  # examples per worker per optimizer step
+    batch_size: int = 4  # items (examples, or packed rows) per worker per optimizer step
     max_length: int = 4096
     num_workers: int = 1
     use_gpu: bool = False
     kd_temperature: float = 2.0
     kd_alpha: float = 0.5
     seed: int = 0
+    strategy: str = "ddp"  # "ddp" or "fsdp" (FSDP2)
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"
+    activation_checkpointing: bool = False
+    lr_schedule: str = "constant"  # "constant", "linear" or "cosine"
+    warmup_ratio: float = 0.0  # share of the run's steps with a linear warmup
+    pack_length: int | None = None  # pack examples into rows of this many tokens (None: no packing)
 
     def validate(self) -> None:
         """Raise AlloyError naming the first setting out of range."""
+        for name, allowed in (("strategy", STRATEGIES), ("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise AlloyError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got "
+                                 f"{getattr(self, name)!r}")
         checks = (("epochs", self.epochs >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
+                  ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "in [0, 1)"),
+                  ("pack_length", self.pack_length is None or self.pack_length >= 2, "at least 2"),
                   ("batch_size", self.batch_size >= 1, "at least 1"),
                   ("max_length", self.max_length >= 2, "at least 2"),
                   ("num_workers", self.num_workers >= 1, "at least 1"),
@@ -69,6 +100,7 @@ class DomainJob:
     domain: str
     trace_file: Path
     examples: list[EncodedExample]
+    rows: list[list[int]] | None  # packed rows of example indices (None without packing)
     teacher: list[tuple[Any, Any]] | None  # aligned with examples: (indices, logits) kept rows
     teacher_file: Path | None
     expert_dir: Path
@@ -124,7 +156,8 @@ def check_backbone(backbone: str | Path) -> Path:
     return backbone.resolve()
 
 
-def _check_domain(domain: str, option: str) -> None:
+def check_domain(domain: str, option: str) -> None:
+    """A domain name names a folder or file: refuse one that cannot."""
     if not _DOMAIN_NAME.match(domain):
         raise AlloyError(f"{option}: domain name {domain!r} must be letters, digits, '_', '-' or '.', not starting "
                          f"with '.' (it names the expert folder)")
@@ -143,7 +176,7 @@ def plan_branch(backbone: str | Path, data: Mapping[str, str | Path], out: str |
         raise AlloyError("no training data: pass --data DOMAIN=TRACES.jsonl at least once")
     teacher_logits = dict(teacher_logits or {})
     for domain in data:
-        _check_domain(domain, "--data")
+        check_domain(domain, "--data")
     for domain in teacher_logits:
         if domain not in data:
             raise AlloyError(f"--teacher-logits names domain {domain!r}, which has no --data; domains: {sorted(data)}")
@@ -157,6 +190,7 @@ def plan_branch(backbone: str | Path, data: Mapping[str, str | Path], out: str |
         trace_file = Path(trace_file)
         expert_dir = out / domain
         examples = encode_traces(tokenizer, read_traces(trace_file), settings.max_length, str(trace_file))
+        rows = pack_examples(examples, settings.pack_length, str(trace_file)) if settings.pack_length else None
         teacher_file = Path(teacher_logits[domain]) if domain in teacher_logits else None
         teacher = read_teacher_logits(teacher_file, examples, vocab_size) if teacher_file else None
         if expert_dir.exists():
@@ -168,9 +202,9 @@ def plan_branch(backbone: str | Path, data: Mapping[str, str | Path], out: str |
                              f"start it")
         fingerprint = {"backbone": str(backbone), "traces_sha256": _sha256(trace_file),
                        "teacher_sha256": _sha256(teacher_file) if teacher_file else None,
-                       **{k: v for k, v in asdict(settings).items() if k not in ("epochs", "num_workers", "use_gpu")}}
+                       **{k: v for k, v in asdict(settings).items() if k not in _RUN_FREE_SETTINGS}}
         _check_run_settings(run_dir, fingerprint)
-        jobs.append(DomainJob(domain, trace_file, examples, teacher, teacher_file, expert_dir, run_dir, fingerprint))
+        jobs.append(DomainJob(domain, trace_file, examples, rows, teacher, teacher_file, expert_dir, run_dir, fingerprint))
     return BranchPlan(backbone, settings, storage, pad_id(tokenizer), jobs, done)
 
 
@@ -236,7 +270,7 @@ def _run_domain(plan: BranchPlan, job: DomainJob) -> BranchResult:
         atomic_write_text(settings_file, json.dumps(job.fingerprint, indent=2, sort_keys=True))
     settings = plan.settings
     config = {"backbone": str(plan.backbone), "pad_token_id": plan.pad_token_id,
-              "data": ray.put({"examples": job.examples, "teacher": job.teacher}), **asdict(settings)}
+              "data": ray.put({"examples": job.examples, "rows": job.rows, "teacher": job.teacher}), **asdict(settings)}
     trainer = TorchTrainer(
         train_domain_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu),
@@ -271,6 +305,46 @@ def epoch_shard(n_examples: int, world_size: int, rank: int, seed: int, epoch: i
     return order[rank::world_size]
 
 
+def _shard_fsdp(model, device_type: str, bf16: bool):
+    """FSDP2 over the default process group: each decoder layer, then the root module."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device_type, (torch.distributed.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else MixedPrecisionPolicy()
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise AlloyError(f"FSDP: cannot find the decoder layers of {type(model).__name__} (no _no_split_modules); "
+                         f"use --strategy ddp")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def _batch(config: dict[str, Any], examples: list[EncodedExample], rows: list[list[int]] | None, teacher,
+           items: list[int], device) -> tuple[dict[str, Any], Any]:
+    """Model inputs and teacher rows of the items (examples, or packed rows) of one step."""
+    import torch
+
+    from alloy.branch.data import collate, collate_packed
+
+    if rows is None:
+        chosen = [[i] for i in items]
+        batch = collate([examples[i] for i in items], config["pad_token_id"])
+    else:
+        chosen = [rows[i] for i in items]
+        batch = collate_packed([[examples[j] for j in row] for row in chosen], config["pad_token_id"])
+    teacher_rows = None
+    if teacher is not None:
+        order = [j for row in chosen for j in row]
+        teacher_rows = (torch.cat([teacher[j][0] for j in order]), torch.cat([teacher[j][1] for j in order]))
+    return {k: v.to(device) for k, v in batch.items()}, teacher_rows
+
+
 def train_domain_loop(config: dict[str, Any]) -> None:
     """The per-worker training loop of one domain (runs inside a Ray Train worker)."""
     import tempfile
@@ -279,67 +353,108 @@ def train_domain_loop(config: dict[str, Any]) -> None:
     import ray.train
     import torch
     from ray.train.torch import get_device, prepare_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, get_scheduler
 
-    from alloy.branch.data import collate
     from alloy.branch.losses import branch_loss
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     payload = ray.get(config["data"])
     examples: list[EncodedExample] = payload["examples"]
-    teacher = payload["teacher"]
+    rows, teacher = payload["rows"], payload["teacher"]
     torch.manual_seed(config["seed"])
+    device = get_device()
+    fsdp = config["strategy"] == "fsdp"
+    bf16 = config["precision"] == "bf16" or (config["precision"] == "auto" and device.type == "cuda")
 
-    start_epoch, optimizer_state, source = 0, None, Path(config["backbone"])
+    start_epoch, state, source = 0, None, Path(config["backbone"])
     checkpoint = ray.train.get_checkpoint()
     with contextlib.ExitStack() as stack:
         if checkpoint is not None:
             ckpt_dir = Path(stack.enter_context(checkpoint.as_directory()))
             start_epoch = json.loads((ckpt_dir / "state.json").read_text())["epoch"]
-            optimizer_state = torch.load(ckpt_dir / "optimizer.pt", map_location="cpu")
+            state = {name: torch.load(ckpt_dir / f"{name}.pt", map_location="cpu") for name in ("optimizer", "scheduler")}
             source = ckpt_dir / "model"
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     model.config.use_cache = False
+    if config["activation_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    if fsdp:
+        model = _shard_fsdp(model.to(device), device.type, bf16)
+    else:
+        model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    device = get_device()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    n_items = len(rows) if rows is not None else len(examples)
+    steps_per_epoch = math.ceil(math.ceil(n_items / world) / config["batch_size"])
+    total_steps = steps_per_epoch * config["epochs"]
+    schedule = config["lr_schedule"] if config["lr_schedule"] != "constant" or not config["warmup_ratio"] \
+        else "constant_with_warmup"
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=int(config["warmup_ratio"] * total_steps),
+                              num_training_steps=total_steps)
+    if state is not None:
+        _load_optimizer(model, optimizer, state["optimizer"], fsdp)
+        scheduler.load_state_dict(state["scheduler"])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and not fsdp)
 
     for epoch in range(start_epoch, config["epochs"]):
-        shard = epoch_shard(len(examples), world, rank, config["seed"], epoch)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, sft, kd, steps
+        shard = epoch_shard(n_items, world, rank, config["seed"], epoch)
+        step_losses = []
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # sft, kd, steps
         for start in range(0, len(shard), config["batch_size"]):
-            batch_ids = shard[start:start + config["batch_size"]]
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], config["pad_token_id"]).items()}
-            rows = None
-            if teacher is not None:
-                rows = (torch.cat([teacher[i][0] for i in batch_ids]), torch.cat([teacher[i][1] for i in batch_ids]))
+            batch, teacher_rows = _batch(config, examples, rows, teacher, shard[start:start + config["batch_size"]],
+                                         device)
+            labels = batch.pop("labels")
             with autocast:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss, sft, kd = branch_loss(logits, batch["labels"], rows, config["kd_temperature"], config["kd_alpha"])
+                logits = model(**batch, use_cache=False).logits  # with a cache, packing would leak
+            loss, sft, kd = branch_loss(logits, labels, teacher_rows, config["kd_temperature"], config["kd_alpha"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            sums += torch.tensor([loss.item(), sft.item(), kd.item() if kd is not None else 0.0, 1.0],
-                                 dtype=torch.float64, device=device)
+            scheduler.step()
+            step_losses.append(loss.item())
+            sums += torch.tensor([sft.item(), kd.item() if kd is not None else 0.0, 1.0], dtype=torch.float64,
+                                 device=device)
+        losses = torch.tensor(step_losses, dtype=torch.float64, device=device)
         if world > 1:
             torch.distributed.all_reduce(sums)
-        steps = float(sums[3])
+            torch.distributed.all_reduce(losses)
+        losses /= world
+        steps = float(sums[2])
         metrics = {"epoch": epoch + 1, "start_epoch": start_epoch, "steps_per_worker": int(steps) // world,
-                   "loss": float(sums[0]) / steps, "sft_loss": float(sums[1]) / steps}
+                   "loss": float(losses.mean()), "sft_loss": float(sums[0]) / steps, "step_losses": losses.tolist(),
+                   "lr": scheduler.get_last_lr()[0]}
         if teacher is not None:
-            metrics["kd_loss"] = float(sums[2]) / steps
+            metrics["kd_loss"] = float(sums[1]) / steps
+        model_state, optimizer_state = _full_state(model, optimizer, fsdp)
         with tempfile.TemporaryDirectory() as tmp:
             reported = None
             if rank == 0:
                 unwrapped = model.module if hasattr(model, "module") else model
-                unwrapped.save_pretrained(Path(tmp) / "model")
-                torch.save(optimizer.state_dict(), Path(tmp) / "optimizer.pt")
+                unwrapped.save_pretrained(Path(tmp) / "model", state_dict=model_state)
+                torch.save(optimizer_state, Path(tmp) / "optimizer.pt")
+                torch.save(scheduler.state_dict(), Path(tmp) / "scheduler.pt")
                 (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch + 1}))
                 reported = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=reported)
+
+
+def _full_state(model, optimizer, fsdp: bool) -> tuple[dict | None, dict]:
+    """The whole model and optimizer state on CPU (gathered from the shards with FSDP; a collective)."""
+    if not fsdp:
+        return None, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _load_optimizer(model, optimizer, state: dict, fsdp: bool) -> None:
+    if not fsdp:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))

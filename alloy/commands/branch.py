@@ -12,12 +12,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a domain's traces, JSONL of {\"prompt\", \"response\"} (repeat per domain)")
     parser.add_argument("--out", required=True, metavar="DIR", help="experts go to DIR/<domain>/")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per domain (default 1)")
-    parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate, constant (default 1e-5)")
+    parser.add_argument("--lr", type=float, default=1e-5, help="AdamW peak learning rate (default 1e-5)")
+    parser.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default="constant",
+                        help="learning-rate decay to 0 over the run after the warmup (default constant)")
+    parser.add_argument("--warmup-ratio", type=float, default=0.0,
+                        help="share of the run's steps with a linear warmup (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, help="examples per worker per step (default 4)")
     parser.add_argument("--max-length", type=int, default=4096,
                         help="tokens per example; longer responses are cut (default 4096)")
     parser.add_argument("--num-workers", type=int, default=1, help="data-parallel Ray Train workers (default 1)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
+                        help="ddp: a full model per worker (small backbones); fsdp: FSDP2, parameters, gradients and "
+                             "optimizer state sharded over the workers (default ddp)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="compute precision: auto is bf16 on GPU and fp32 on CPU (default auto)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute each decoder layer's activations in the backward pass (less memory)")
+    parser.add_argument("--pack-length", type=int, default=None, metavar="N",
+                        help="pack examples into rows of N tokens, each example with its own position ids (no "
+                             "attention across examples); --batch-size then counts rows")
     parser.add_argument("--resume", action="store_true",
                         help="require a run folder to resume for every unfinished domain (a run folder that "
                              "exists is always resumed from its latest checkpoint)")
@@ -56,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = BranchSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                               num_workers=args.num_workers, use_gpu=args.use_gpu, kd_temperature=args.kd_temperature,
-                              kd_alpha=args.kd_alpha, seed=args.seed)
+                              kd_alpha=args.kd_alpha, seed=args.seed, strategy=args.strategy, precision=args.precision,
+                              activation_checkpointing=args.activation_checkpointing, lr_schedule=args.lr_schedule,
+                              warmup_ratio=args.warmup_ratio, pack_length=args.pack_length)
     results = branch(args.backbone, parse_pairs(args.data, "--data"), args.out, settings,
                      teacher_logits=parse_pairs(args.teacher_logits, "--teacher-logits"), resume=args.resume,
                      address=args.address, storage=args.storage)
