@@ -21,9 +21,10 @@ from alloy.errors import AlloyError
 
 POOL_NAMESPACE = "alloy"
 
-# handles of the pools this driver started: a named actor lives only while a handle to it exists,
-# and the workers should die with the driver that owns the sweep (a resumed sweep starts new ones)
-_LIVE_POOLS: dict[str, Any] = {}
+# handles of the pools (and their workers) this driver started: a named actor lives only while a handle
+# to it exists, and the workers should die with the driver that owns the sweep (a resumed sweep starts
+# new ones)
+_LIVE_POOLS: dict[str, tuple[Any, list]] = {}
 
 # the evaluator's token statistics under the names search spaces use (alloy.search.space.TOKEN_METRICS)
 _TOKEN_NAMES = {"tokens_mean": "output_tokens_mean", "tokens_median": "output_tokens_median",
@@ -97,13 +98,21 @@ class WorkerPool:
     async def release(self, worker: Any) -> None:
         self.free.put_nowait(worker)
 
+    def worker_handles(self) -> list:
+        """Every worker of the pool (for `stop`)."""
+        return list(self.workers)
+
 
 def _pool_name(sweep: str) -> str:
     return f"alloy-pool-{sweep}"
 
 
-def prepare(settings: PoolSettings) -> None:
-    """Load the parents into the store and start the sweep's workers and their pool (idempotent)."""
+def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
+    """Load the parents into the store and start the sweep's workers and their pool (idempotent).
+
+    Workers the cluster can never hold are refused before anything starts; workers that do not come
+    up within `placement_timeout_s` are an AlloyError too, never an endless wait."""
+    from alloy.workers.placement import check_placement, wait_ready
     from alloy.workers.store import start_stores
 
     sweep = settings.sweep
@@ -112,15 +121,41 @@ def prepare(settings: PoolSettings) -> None:
         return
     except ValueError:
         pass
+    what = f"sweep {sweep!r}: search.resources of its {settings.concurrency} workers"
+    check_placement({"CPU": settings.cpu, "GPU": settings.gpu}, settings.concurrency, what, placement_timeout_s)
     start_stores(sweep, settings.models, base=settings.base)
     evaluation = {"tasks": list(settings.tasks), "options": settings.options}
     device = "cuda" if settings.gpu > 0 else "cpu"
     worker_cls = ray.remote(num_cpus=settings.cpu, num_gpus=settings.gpu, max_restarts=1)(CandidateWorker)
     workers = [worker_cls.remote(sweep, evaluation, device) for _ in range(settings.concurrency)]
-    ray.get([w.__ray_ready__.remote() for w in workers])
+    try:
+        wait_ready([w.__ray_ready__.remote() for w in workers], what, placement_timeout_s)
+    except BaseException:
+        for w in workers:
+            ray.kill(w)
+        raise
     pool = ray.remote(num_cpus=0)(WorkerPool).options(name=_pool_name(sweep), namespace=POOL_NAMESPACE).remote(workers)
     ray.get(pool.__ray_ready__.remote())
-    _LIVE_POOLS[sweep] = pool
+    _LIVE_POOLS[sweep] = (pool, workers)
+
+
+def stop(sweep: str) -> list[str]:
+    """Stop a sweep's pool, its workers and its parent stores, wherever they run; return what was stopped."""
+    from alloy.workers.store import stop_stores
+
+    stopped = []
+    pool, workers = _LIVE_POOLS.pop(sweep, (None, []))
+    try:
+        pool = ray.get_actor(_pool_name(sweep), namespace=POOL_NAMESPACE)
+    except ValueError:
+        pass
+    if pool is not None:
+        workers = workers or ray.get(pool.worker_handles.remote())
+        for w in workers:
+            ray.kill(w, no_restart=True)
+        ray.kill(pool, no_restart=True)
+        stopped += [_pool_name(sweep), f"{len(workers)} workers"]
+    return stopped + stop_stores(sweep)
 
 
 class LmEvalRunner:
