@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SQLAlchemy URL of the Optuna study (default: SQLite in the sweep folder)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     parser.add_argument("--keep-store", action="store_true",
-                        help="leave the parents in the object store when the sweep ends (for a follow-up sweep "
-                             "on the same parents); `alloy sweep --cleanup DIR` removes them later")
+                        help="leave the parents in the object store when the sweep ends, so that --resume does "
+                             "not read them again; `alloy sweep --cleanup DIR` removes them later")
     parser.add_argument("--placement-timeout", type=float, default=None, metavar="SECONDS",
                         help="how long to wait for the cluster to offer the workers' resources (default 600)")
     parser.add_argument("--cleanup", metavar="DIR", default=None,

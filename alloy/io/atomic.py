@@ -71,6 +71,16 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(staging, out)
 
 
+def check_writable(path: str | Path) -> None:
+    """Fail early (AlloyError naming `path`) when a file cannot be created next to `path`, before the
+    work whose result goes there."""
+    path = Path(path)
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    with output_errors(path):
+        probe.touch()
+        probe.unlink()
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file so that readers see the old or the new content, never a partial one."""
     path = Path(path)

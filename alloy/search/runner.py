@@ -56,10 +56,10 @@ def _lm_eval_setup(space: SearchSpace, sweep_dir: Path, placement_timeout_s: flo
     prepare(pool_settings(space, sweep_dir), placement_timeout_s)
 
 
-def _lm_eval_teardown(space: SearchSpace, sweep_dir: Path) -> list[str]:
+def _lm_eval_teardown(space: SearchSpace, sweep_dir: Path, keep_store: bool) -> list[str]:
     from alloy.workers.pool import stop
 
-    return stop(pool_settings(space, sweep_dir).sweep)
+    return stop(pool_settings(space, sweep_dir).sweep, keep_stores=keep_store)
 
 
 RUNNERS: dict[str, Callable[[SearchSpace, Path], CandidateRunner]] = {
@@ -70,9 +70,9 @@ RUNNERS: dict[str, Callable[[SearchSpace, Path], CandidateRunner]] = {
 
 # evaluation.runner name → setup(space, sweep folder, placement timeout) run once by the driver after Ray
 # starts and before the first trial (e.g. to load parents and start long-lived workers), and the
-# teardown(space, sweep folder) → names of what it stopped, run when the sweep ends
+# teardown(space, sweep folder, keep_store) → names of what it stopped, run when the sweep ends
 RUNNER_SETUP: dict[str, Callable[[SearchSpace, Path, float], None]] = {"lm_eval": _lm_eval_setup}
-RUNNER_TEARDOWN: dict[str, Callable[[SearchSpace, Path], list[str]]] = {"lm_eval": _lm_eval_teardown}
+RUNNER_TEARDOWN: dict[str, Callable[[SearchSpace, Path, bool], list[str]]] = {"lm_eval": _lm_eval_teardown}
 DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
 
 # runners whose setup starts long-lived workers that hold the trial resources (GPUs, CPU slots) of the
@@ -103,10 +103,11 @@ def prepare_runner(space: SearchSpace, sweep_dir: str | Path,
                     placement_timeout_s)
 
 
-def teardown_runner(space: SearchSpace, sweep_dir: str | Path) -> list[str]:
-    """Stop what the runner's setup started (store actors, workers, pool); return what was stopped."""
+def teardown_runner(space: SearchSpace, sweep_dir: str | Path, keep_store: bool = False) -> list[str]:
+    """Stop what the runner's setup started (workers, pool and, unless `keep_store`, the parent
+    stores); return the names of what was stopped."""
     teardown = RUNNER_TEARDOWN.get(space.evaluation.runner)
-    return teardown(space, Path(sweep_dir)) if teardown is not None else []
+    return teardown(space, Path(sweep_dir), keep_store) if teardown is not None else []
 
 
 def check_runner(space: SearchSpace) -> None:

@@ -61,7 +61,8 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
     address: "local" starts an embedded Ray (`ray.init(address="local")`); anything else ("auto",
     "ray://host:10001") connects to a running cluster. storage: an SQLAlchemy URL for the Optuna study
     (default: SQLite in the sweep folder). num_cpus: CPUs of the embedded Ray (default: all).
-    keep_store: leave the parent stores running at the end, for a follow-up sweep on the same parents.
+    keep_store: leave the parent stores running at the end (workers and pool always go), so that a
+    `--resume` of this sweep does not read the parents again.
     placement_timeout_s: how long to wait for the cluster to offer the workers' resources.
 
     One driver per sweep: the folder lock (and, for a storage outside the folder, the study lease) is
@@ -83,8 +84,7 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
                     prepare_runner(space, out, placement_timeout_s)
                     _fit(space, out, rdb, study_name, resume)
                 finally:
-                    if not keep_store:
-                        teardown_runner(space, out)
+                    teardown_runner(space, out, keep_store)
         except KeyboardInterrupt:
             raise SweepInterrupted(_resume_hint(space, out, "interrupted")) from None
         finally:

@@ -139,8 +139,9 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
     _LIVE_POOLS[sweep] = (pool, workers)
 
 
-def stop(sweep: str) -> list[str]:
-    """Stop a sweep's pool, its workers and its parent stores, wherever they run; return what was stopped."""
+def stop(sweep: str, keep_stores: bool = False) -> list[str]:
+    """Stop a sweep's pool, its workers and (unless `keep_stores`) its parent stores, wherever they run;
+    return what was stopped."""
     from alloy.workers.store import stop_stores
 
     stopped = []
@@ -155,7 +156,7 @@ def stop(sweep: str) -> list[str]:
             ray.kill(w, no_restart=True)
         ray.kill(pool, no_restart=True)
         stopped += [_pool_name(sweep), f"{len(workers)} workers"]
-    return stopped + stop_stores(sweep)
+    return stopped if keep_stores else stopped + stop_stores(sweep)
 
 
 class LmEvalRunner:
