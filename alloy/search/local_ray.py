@@ -33,14 +33,15 @@ def ray_session(address: str = "local", num_cpus: int | None = None) -> Iterator
     reaper = None
     before = set(_descendants(os.getpid()))
     previous = signal.getsignal(signal.SIGTERM)
-    with contextlib.suppress(ValueError):  # not the main thread: no handler, Ray's own shutdown applies
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if address == "local":
             reaper = start_reaper(os.getpid())
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
+        # after ray.init, whose core worker installs a SIGTERM handler that aborts the process
+        with contextlib.suppress(ValueError):  # not the main thread: Ray's own handling applies
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         yield True
     finally:
         try:
@@ -77,8 +78,9 @@ def reap_after(pid: int) -> list[int]:
     except psutil.NoSuchProcess:
         return []
     known: dict[int, psutil.Process] = {}
+    me = os.getpid()  # a child of the driver too
     while _running(driver):
-        known.update({pid: p for pid, p in _descendants(pid).items() if pid not in known})
+        known.update({child: p for child, p in _descendants(pid).items() if child not in known and child != me})
         time.sleep(REAPER_POLL_S)
     alive = [p for p in known.values() if p.is_running()]  # is_running also compares the start time
     stop_processes(alive)
