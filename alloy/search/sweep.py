@@ -104,9 +104,10 @@ def cleanup_sweep(out_dir: str | Path, address: str = "auto") -> list[str]:
     out = Path(out_dir).resolve()
     if not (out / SPACE_FILE).is_file():
         raise AlloyError(f"{out}: not a sweep folder (no {SPACE_FILE}); give the --out folder of `alloy sweep`")
-    space = load_space(out / SPACE_FILE, check_paths=False)
-    with driver_lock(out), ray_session(address):
-        return teardown_runner(space, out)
+    with driver_lock(out):
+        space = load_space(out / SPACE_FILE, check_paths=False)
+        with ray_session(address):
+            return teardown_runner(space, out)
 
 
 def _fit(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool) -> None:

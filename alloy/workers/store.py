@@ -190,8 +190,8 @@ def start_stores(sweep: str, parents: Mapping[str, str | Path], base: str | None
     Stores are spread over nodes, restart when they die, and survive the driver when `detached`;
     `resources` pins them to nodes that offer those custom resources.
     """
-    resolved = {name: str(resolve_model_path(str(path), Path(base_dir))) for name, path in parents.items()}
     try:
+        resolved = {name: str(resolve_model_path(str(path), Path(base_dir))) for name, path in parents.items()}
         for name, path in resolved.items():
             Checkpoint.open(path)  # fail here, before any actor starts, on a missing or broken parent
     except AlloyError:
