@@ -3,6 +3,7 @@ deletion and corruption: objectives the tasks never report, resources no node of
 failed, a deleted or corrupt leaderboard.parquet rebuilt from the study (synthetic runner, seconds)."""
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from alloy.cli import main
 from alloy.errors import AlloyError
+from alloy.search.records import SweepRecords
 from alloy.search.space import load_space
 from tests.test_search_space import space_dict, write_space
 
@@ -111,6 +113,12 @@ def test_deleted_or_corrupt_leaderboard_is_rebuilt_from_the_study(tmp_path, ray_
     board.unlink()
     assert main(["board", str(out), "--rebuild"]) == 0
     assert "rebuilt" in capsys.readouterr().out and pq.read_table(board).to_pylist() == original
+
+    with sqlite3.connect(out / "study.db") as db:                  # a sweep from before the study held its rows
+        db.execute("DELETE FROM study_user_attributes WHERE key LIKE 'row:%'")
+    run_sweep(tmp_path / "space.yaml", out, resume=True)             # adopts the rows of its Parquet file
+    assert pq.read_table(board).to_pylist() == original
+    assert len(SweepRecords(study._storage, "alloy").rows()) == len(original)
 
     (tmp_path / "loose.parquet").write_text("garbage")             # not a sweep folder: a clear error
     with pytest.raises(AlloyError, match="loose.parquet: not a readable Parquet file"):

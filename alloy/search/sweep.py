@@ -172,20 +172,32 @@ def _prepare_folder(space: SearchSpace, out: Path, resume: bool, storage: str | 
         meta = json.loads(meta_path.read_text())
         if storage is not None and storage != meta["storage"]:
             raise AlloyError(f"--storage {storage} differs from the study storage of this sweep ({meta['storage']})")
-        return open_storage(meta["storage"]), meta["study_name"]
+        rdb = open_storage(meta["storage"])
+        records = _open_study(space, rdb, meta["study_name"])
+        if not records.rows() and (out / FILENAME).is_file():  # a sweep started before the study held its rows
+            for row in Leaderboard.open(out / FILENAME, records.schema()["objectives"], space.evaluation.rungs).rows():
+                records.put(row)
+        return rdb, meta["study_name"]
     if any(p.name != LOCK_FILE for p in out.iterdir()):
         raise AlloyError(f"output folder {out} is not empty; pass --resume to continue its sweep, or choose "
                          f"another --out")
     url = storage or f"sqlite:///{out / 'study.db'}"
     rdb = open_storage(url)
     name = space.search.study_name
-    optuna.create_study(storage=rdb, study_name=name, directions=space.directions, load_if_exists=True)
-    SweepRecords(rdb, name).set_schema([{"metric": o.metric, "direction": o.direction} for o in space.objectives],
-                                       space.evaluation.rungs)
+    _open_study(space, rdb, name)
     atomic_write_text(out / SPACE_FILE, space.to_yaml())
     atomic_write_text(meta_path, json.dumps({"storage": url, "study_name": name,
                                              "space": space.source, "created": time.time()}, indent=1))
     return rdb, name
+
+
+def _open_study(space: SearchSpace, rdb: Any, name: str) -> SweepRecords:
+    """Create (or load) the sweep's Optuna study and record the leaderboard's schema in it."""
+    optuna.create_study(storage=rdb, study_name=name, directions=space.directions, load_if_exists=True)
+    records = SweepRecords(rdb, name)
+    records.set_schema([{"metric": o.metric, "direction": o.direction} for o in space.objectives],
+                       space.evaluation.rungs)
+    return records
 
 
 @contextlib.contextmanager
