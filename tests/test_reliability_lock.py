@@ -87,3 +87,16 @@ def test_study_lease_refuses_a_second_driver_and_takes_over_stale_ones(tmp_path,
         assert time.time() - seen.renewed < 0.8 and not seen.is_stale()
     finally:
         live.release()
+
+
+def test_a_sweep_on_a_study_another_machine_drives_is_refused_before_anything_is_written(tmp_path):
+    from alloy.search.sweep import run_sweep
+    from tests.test_search_space import write_space
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    elsewhere = Holder("gpu-node-7", 4242, time.time(), "x", time.time())
+    assert StudyLease(storage(tmp_path / "shared.db"), "alloy")._create(elsewhere)  # its lease is fresh
+    out = tmp_path / "mine"
+    with pytest.raises(AlloyError, match="study 'alloy' in .*shared.db is being driven by pid 4242 on gpu-node-7"):
+        run_sweep(write_space(tmp_path), out, storage=url)
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]           # no half-made sweep to block a retry

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import ray
-import torch
 import yaml
 
 from alloy.cli import main

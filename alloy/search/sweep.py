@@ -42,7 +42,7 @@ from alloy.search.cache import ResultCache
 from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, rebuild_leaderboard
 from alloy.search.local_ray import ray_session
 from alloy.search.lock import LOCK_FILE, StudyLease, driver_lock
-from alloy.search.records import META_FILE, SweepRecords, open_records, open_storage
+from alloy.search.records import META_FILE, SweepRecords, open_records, open_storage, read_meta
 from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_runner, make_runner, prepare_runner,
                                  teardown_runner)
 from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
@@ -65,8 +65,8 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
     `--resume` of this sweep does not read the parents again.
     placement_timeout_s: how long to wait for the cluster to offer the workers' resources.
 
-    One driver per sweep: the folder lock (and, for a storage outside the folder, the study lease) is
-    held from the start; another driver's sweep is refused naming it. Raises `SweepInterrupted` on
+    One driver per sweep: the folder lock (and, for a study storage outside the folder, the study
+    lease) is held from the start; another driver's sweep is refused naming it. Raises `SweepInterrupted` on
     Ctrl-C (the sweep can be resumed) and AlloyError when every trial failed.
     """
     space = load_space(space_path, check_paths=check_paths)
@@ -74,11 +74,13 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
     out = Path(out_dir).resolve()
     _check_folder(out, resume)
     with driver_lock(out) as holder:
-        rdb, study_name = _prepare_folder(space, out, resume, storage)
-        lease = StudyLease(rdb, study_name) if storage is not None else None
+        url, study_name = _study_location(space, out, resume, storage)
+        rdb = open_storage(url)
+        lease = StudyLease(rdb, study_name) if url != _folder_storage(out) else None
         if lease is not None:
             lease.acquire(holder)
         try:
+            _prepare_folder(space, out, resume, rdb, url, study_name)
             with ray_session(address, num_cpus):
                 try:
                     prepare_runner(space, out, placement_timeout_s)
@@ -128,8 +130,7 @@ def _conclude(space: SearchSpace, out: Path, rdb: Any, study_name: str) -> Path:
     if finished < _budget(space):
         raise SweepInterrupted(_resume_hint(space, out, f"stopped after {finished} of {_budget(space)} trials"))
     path = rebuild_leaderboard(out)
-    rows = [r for r in SweepRecords(rdb, study_name).rows()]
-    latest = {r["trial"]: r for r in rows}
+    latest = {r["trial"]: r for r in SweepRecords(rdb, study_name).rows()}  # rows by rung: the last wins
     counts = {s: sum(r["status"] == s for r in latest.values()) for s in ("ok", "pruned", "failed")}
     if counts["failed"] and counts["failed"] == len(latest):
         first = min(latest.values(), key=lambda r: r["trial"])
@@ -156,39 +157,48 @@ def _check_folder(out: Path, resume: bool) -> None:
     """Refuse a folder that cannot hold this sweep before taking its lock (which creates a file in it)."""
     if resume and not (out / META_FILE).is_file():
         raise AlloyError(f"{out}: no sweep to resume here (no {META_FILE}); start one without --resume")
-    if not resume and out.exists() and not (out / LOCK_FILE).exists() and any(out.iterdir()):
-        raise AlloyError(f"output folder {out} is not empty; pass --resume to continue its sweep, or choose "
-                         f"another --out")
+    if not resume and out.exists() and not (out / LOCK_FILE).exists():
+        _refuse_non_empty(out)
 
 
-def _prepare_folder(space: SearchSpace, out: Path, resume: bool, storage: str | None) -> tuple[Any, str]:
-    """Check (resume) or create the sweep folder and its study; return the study storage and name."""
-    meta_path = out / META_FILE
-    if resume:
-        saved = (out / SPACE_FILE).read_text()
-        if saved != space.to_yaml():
-            raise AlloyError(f"{space.source}: this search space differs from the one the sweep in {out} started "
-                             f"with ({out / SPACE_FILE}); resume with that file, or start a new sweep")
-        meta = json.loads(meta_path.read_text())
-        if storage is not None and storage != meta["storage"]:
-            raise AlloyError(f"--storage {storage} differs from the study storage of this sweep ({meta['storage']})")
-        rdb = open_storage(meta["storage"])
-        records = _open_study(space, rdb, meta["study_name"])
-        if not records.rows() and (out / FILENAME).is_file():  # a sweep started before the study held its rows
-            for row in Leaderboard.open(out / FILENAME, records.schema()["objectives"], space.evaluation.rungs).rows():
-                records.put(row)
-        return rdb, meta["study_name"]
+def _refuse_non_empty(out: Path) -> None:
     if any(p.name != LOCK_FILE for p in out.iterdir()):
         raise AlloyError(f"output folder {out} is not empty; pass --resume to continue its sweep, or choose "
                          f"another --out")
-    url = storage or f"sqlite:///{out / 'study.db'}"
-    rdb = open_storage(url)
-    name = space.search.study_name
-    _open_study(space, rdb, name)
+
+
+def _folder_storage(out: Path) -> str:
+    """The default study storage: SQLite in the sweep folder."""
+    return f"sqlite:///{out / 'study.db'}"
+
+
+def _study_location(space: SearchSpace, out: Path, resume: bool, storage: str | None) -> tuple[str, str]:
+    """The study's storage URL and name (checked against the sweep's on resume), before anything is
+    written."""
+    if not resume:
+        _refuse_non_empty(out)  # again: another driver may have filled it before this one took the lock
+        return storage or _folder_storage(out), space.search.study_name
+    saved = (out / SPACE_FILE).read_text()
+    if saved != space.to_yaml():
+        raise AlloyError(f"{space.source}: this search space differs from the one the sweep in {out} started "
+                         f"with ({out / SPACE_FILE}); resume with that file, or start a new sweep")
+    meta = read_meta(out)
+    if storage is not None and storage != meta["storage"]:
+        raise AlloyError(f"--storage {storage} differs from the study storage of this sweep ({meta['storage']})")
+    return meta["storage"], meta["study_name"]
+
+
+def _prepare_folder(space: SearchSpace, out: Path, resume: bool, rdb: Any, url: str, name: str) -> None:
+    """Create the sweep's study (or load it, on resume) and, for a new sweep, its folder files."""
+    records = _open_study(space, rdb, name)
+    if resume:
+        if not records.rows() and (out / FILENAME).is_file():  # a sweep started before the study held its rows
+            for row in Leaderboard.open(out / FILENAME, records.schema()["objectives"], space.evaluation.rungs).rows():
+                records.put(row)
+        return
     atomic_write_text(out / SPACE_FILE, space.to_yaml())
-    atomic_write_text(meta_path, json.dumps({"storage": url, "study_name": name,
-                                             "space": space.source, "created": time.time()}, indent=1))
-    return rdb, name
+    atomic_write_text(out / META_FILE, json.dumps({"storage": url, "study_name": name,
+                                                   "space": space.source, "created": time.time()}, indent=1))
 
 
 def _open_study(space: SearchSpace, rdb: Any, name: str) -> SweepRecords:
