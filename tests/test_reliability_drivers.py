@@ -89,7 +89,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 @pytest.mark.timeout(420)
 def test_one_driver_per_sweep_ctrl_c_and_resume(tmp_path):
     trials = 12
-    space = sweep_space(tmp_path, trials, seconds_per_sample=0.15)    # about 25 s of trials
+    space = sweep_space(tmp_path, trials, seconds_per_sample=0.1)     # about 17 s of trials
     out = tmp_path / "sweep"
     a = driver(space, out, tmp_path / "a.log")
     b = driver(space, out, tmp_path / "b.log")                    # started at the same moment
@@ -102,12 +102,12 @@ def test_one_driver_per_sweep_ctrl_c_and_resume(tmp_path):
         assert loser.returncode == 2, log
         assert (f"being driven by pid {winner.pid}" in log or "is not empty; pass --resume" in log), log
 
-        wait_for(lambda: finished_rows(out) >= 1, 180, "the first finished trial")
-        assert winner.poll() is None
         c = driver(space, out, tmp_path / "c.log", "--resume")    # resume against the live driver
         assert c.wait(timeout=120) == 2
         assert f"this sweep is being driven by pid {winner.pid}" in (tmp_path / "c.log").read_text()
 
+        wait_for(lambda: finished_rows(out) >= 1, 180, "the first finished trial")
+        assert winner.poll() is None
         os.killpg(winner.pid, signal.SIGINT)                      # Ctrl-C in the driver's terminal
         assert winner.wait(timeout=120) == 130
         log = (tmp_path / ("b.log" if loser is a else "a.log")).read_text()
