@@ -79,6 +79,21 @@ def test_resources_the_autoscaler_must_add_are_waited_for_with_a_timeout(ray_clu
         check_placement({"CPU": 8, "GPU": 1}, 16, "workers", 1.0, node_types=types)
 
 
+def test_worker_resources_are_reserved_with_a_timeout(ray_cluster):
+    from ray.util.placement_group import remove_placement_group
+
+    from alloy.workers.placement import reserve
+
+    group = reserve({"CPU": 1, "GPU": 0}, 2, "workers", 30.0, "alloy-test-reserve")
+    assert group.bundle_specs == [{"CPU": 1.0}, {"CPU": 1.0}]
+    try:
+        with pytest.raises(AlloyError, match=r"workers: 1 × \{cpu: 1\} could not be reserved within 1 s"):
+            reserve({"CPU": 1}, 1, "workers", 1.0, "alloy-test-more")   # both CPUs are held
+    finally:
+        remove_placement_group(group)
+    assert reserve({"CPU": 0, "GPU": 0}, 3, "workers", 1.0, "alloy-test-none") is None
+
+
 def test_a_sweep_whose_every_trial_failed_exits_non_zero(tmp_path, ray_cluster, capsys):
     data = quick_space(tmp_path, trials=3)
     data["evaluation"]["synthetic"]["fail_fraction"] = 1.0

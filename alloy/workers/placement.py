@@ -4,7 +4,9 @@ A request (`{"CPU": 8, "GPU": 1}` per worker, `count` workers) is compared with 
 cluster and with the node types the autoscaler may add (from the GCS's cluster config, else the
 cluster launcher's `~/ray_bootstrap_config.yaml` on the head node). What no node and no node type can
 ever hold is refused at once; what only new nodes can hold is waited for, up to a timeout, with a
-message saying what did not come up.
+message saying what did not come up. `reserve` then holds the workers' resources in a placement group
+(again with a timeout), so that the wait for resources is bounded and the workers' own start-up
+(loading a model) is not.
 """
 from __future__ import annotations
 
@@ -90,15 +92,23 @@ def check_placement(request: Mapping[str, float], count: int, what: str, timeout
         now = sum(fits(request, n) for n in node_resources())
 
 
-def wait_ready(refs: list, what: str, timeout_s: float) -> None:
-    """Wait for actors' `__ray_ready__` refs; AlloyError naming `what` when they do not all come up."""
-    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        raise AlloyError(f"{what}: {len(pending)} of {len(refs)} did not start within {timeout_s:g} s (Ray could "
-                         f"not place them: {ray.available_resources()} free); wait longer with "
+def reserve(request: Mapping[str, float], count: int, what: str, timeout_s: float, name: str):
+    """A placement group of `count` bundles of `request`, once Ray holds them; AlloyError naming `what`
+    when it does not within `timeout_s` (the group is removed). None when the request is empty."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {k: float(v) for k, v in request.items() if v > 0}
+    if not bundle:
+        return None
+    group = placement_group([dict(bundle) for _ in range(count)], name=name)
+    if not group.wait(timeout_seconds=timeout_s):
+        remove_placement_group(group)
+        raise AlloyError(f"{what}: {count} × {{{_describe(request)}}} could not be reserved within {timeout_s:g} s "
+                         f"(free now: {_describe(ray.available_resources())}); wait longer with "
                          f"--placement-timeout, or lower search.resources or search.concurrency")
-    ray.get(ready)
+    return group
 
 
 def _describe(request: Mapping[str, float]) -> str:
-    return ", ".join(f"{k.lower()}: {v:g}" for k, v in request.items() if v > 0) or "nothing"
+    keys = [k for k in ("CPU", "GPU") if k in request] or list(request)
+    return ", ".join(f"{k.lower()}: {request[k]:g}" for k in keys if request[k] > 0) or "nothing"

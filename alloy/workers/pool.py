@@ -9,6 +9,7 @@ rebuilds its model in place when the recipe changes and scores only the document
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from alloy.errors import AlloyError
 
 POOL_NAMESPACE = "alloy"
 
-# handles of the pools (and their workers) this driver started: a named actor lives only while a handle
+# handles of the pools (and their workers and resources) this driver started: a named actor lives only while a handle
 # to it exists, and the workers should die with the driver that owns the sweep (a resumed sweep starts
 # new ones)
-_LIVE_POOLS: dict[str, tuple[Any, list]] = {}
+_LIVE_POOLS: dict[str, tuple[Any, list, Any]] = {}  # sweep -> (pool, workers, placement group)
 
 # the evaluator's token statistics under the names search spaces use (alloy.search.space.TOKEN_METRICS)
 _TOKEN_NAMES = {"tokens_mean": "output_tokens_mean", "tokens_median": "output_tokens_median",
@@ -112,7 +113,9 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
 
     Workers the cluster can never hold are refused before anything starts; workers that do not come
     up within `placement_timeout_s` are an AlloyError too, never an endless wait."""
-    from alloy.workers.placement import check_placement, wait_ready
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from alloy.workers.placement import check_placement, reserve
     from alloy.workers.store import start_stores
 
     sweep = settings.sweep
@@ -122,21 +125,20 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
     except ValueError:
         pass
     what = f"sweep {sweep!r}: search.resources of its {settings.concurrency} workers"
-    check_placement({"CPU": settings.cpu, "GPU": settings.gpu}, settings.concurrency, what, placement_timeout_s)
+    request = {"CPU": settings.cpu, "GPU": settings.gpu}
+    check_placement(request, settings.concurrency, what, placement_timeout_s)
     start_stores(sweep, settings.models, base=settings.base)
+    group = reserve(request, settings.concurrency, what, placement_timeout_s, _pool_name(sweep))
     evaluation = {"tasks": list(settings.tasks), "options": settings.options}
     device = "cuda" if settings.gpu > 0 else "cpu"
     worker_cls = ray.remote(num_cpus=settings.cpu, num_gpus=settings.gpu, max_restarts=1)(CandidateWorker)
-    workers = [worker_cls.remote(sweep, evaluation, device) for _ in range(settings.concurrency)]
-    try:
-        wait_ready([w.__ray_ready__.remote() for w in workers], what, placement_timeout_s)
-    except BaseException:
-        for w in workers:
-            ray.kill(w)
-        raise
+    workers = [worker_cls.options(scheduling_strategy=None if group is None else PlacementGroupSchedulingStrategy(
+        group, placement_group_bundle_index=i)).remote(sweep, evaluation, device) for i in range(settings.concurrency)]
+    _LIVE_POOLS[sweep] = (None, workers, group)
+    ray.get([w.__ray_ready__.remote() for w in workers])  # resources held: start-up takes what it takes
     pool = ray.remote(num_cpus=0)(WorkerPool).options(name=_pool_name(sweep), namespace=POOL_NAMESPACE).remote(workers)
     ray.get(pool.__ray_ready__.remote())
-    _LIVE_POOLS[sweep] = (pool, workers)
+    _LIVE_POOLS[sweep] = (pool, workers, group)
 
 
 def stop(sweep: str, keep_stores: bool = False) -> list[str]:
@@ -144,18 +146,26 @@ def stop(sweep: str, keep_stores: bool = False) -> list[str]:
     return what was stopped."""
     from alloy.workers.store import stop_stores
 
+    from ray.util.placement_group import get_placement_group, remove_placement_group
+
     stopped = []
-    pool, workers = _LIVE_POOLS.pop(sweep, (None, []))
-    try:
+    pool, workers, group = _LIVE_POOLS.pop(sweep, (None, [], None))
+    with contextlib.suppress(ValueError):
         pool = ray.get_actor(_pool_name(sweep), namespace=POOL_NAMESPACE)
-    except ValueError:
-        pass
+    if pool is not None and not workers:
+        with contextlib.suppress(ray.exceptions.RayActorError):  # a pool that died with its workers
+            workers = ray.get(pool.worker_handles.remote())
+    for w in workers:
+        ray.kill(w, no_restart=True)
+    if workers:
+        stopped.append(f"{len(workers)} workers")
     if pool is not None:
-        workers = workers or ray.get(pool.worker_handles.remote())
-        for w in workers:
-            ray.kill(w, no_restart=True)
         ray.kill(pool, no_restart=True)
-        stopped += [_pool_name(sweep), f"{len(workers)} workers"]
+        stopped.append(_pool_name(sweep))
+    with contextlib.suppress(ValueError):
+        group = group or get_placement_group(_pool_name(sweep))
+    if group is not None:
+        remove_placement_group(group)
     return stopped if keep_stores else stopped + stop_stores(sweep)
 
 
