@@ -104,6 +104,8 @@ def test_a_finished_sweep_removes_its_actors_unless_kept(tmp_path, parents, loca
 
     alive = {a["ActorClassName"] for a in actors().values() if a["State"] != "DEAD"}
     assert not alive & {"CandidateWorker", "WorkerPool", "ParentStore"}, alive
+    groups = [g["name"] for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+    assert groups == [], groups                                     # the workers' reserved resources too
 
 
 def test_cleanup_is_refused_while_the_driver_runs(tmp_path, capsys):
