@@ -44,8 +44,9 @@ def output_errors(out: str | Path) -> Iterator[None]:
 def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a staging folder next to `out`; on success it becomes `out`, on any error it is removed.
 
-    An interrupted job leaves no `out` and no half-written folder (only the hidden staging folder of
-    a killed process, which the next run removes).
+    An interrupted job leaves no `out` and no half-written folder (only the hidden staging folder or
+    `.OUT.old-PID` copy of a killed process, which the next run removes). A write that fails for a
+    read-only file system, a full disk or a missing permission is an AlloyError naming the path.
     """
     out = Path(out)
     check_output_dir(out, overwrite)
@@ -66,7 +67,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, trash)
             os.replace(staging, out)
-            shutil.rmtree(trash)
+            shutil.rmtree(trash, ignore_errors=True)  # what a failure leaves, the next run removes
         else:
             os.replace(staging, out)
 
