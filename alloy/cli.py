@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except AlloyError as exc:
         print(f"alloy {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"alloy {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"alloy {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

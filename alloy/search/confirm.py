@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from alloy.search.cache import ResultCache
 from alloy.search.leaderboard import FILENAME, Leaderboard, interval_columns, pareto_mask
+from alloy.search.records import SweepRecords
 from alloy.search.runner import make_runner
 from alloy.search.space import TOKEN_METRICS, SearchSpace, is_token_metric
 
@@ -61,14 +62,14 @@ def pick_candidates(space: SearchSpace, rows: Sequence[Mapping[str, Any]]) -> li
     return picked + parents
 
 
-def confirm_sweep(space: SearchSpace, out: str | Path) -> list[dict]:
+def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) -> list[dict]:
     """Run the confirmation stage of the sweep in `out` (a no-op without `search.confirm`); return the
-    confirmed rows, with `best` and `clear_lead` set, after writing them to the leaderboard."""
+    confirmed rows, with `best` and `clear_lead` set, after storing them in the sweep's `records` (the
+    study) and regenerating the leaderboard from them."""
     if not space.search.confirm_top:
         return []
     out = Path(out)
-    board = Leaderboard.open(out / FILENAME, [{"metric": o.metric, "direction": o.direction}
-                                              for o in space.objectives], space.evaluation.rungs)
+    board = Leaderboard.from_records(out / FILENAME, records)
     candidates = pick_candidates(space, board.rows())
     if not candidates:
         return []
@@ -98,8 +99,8 @@ def confirm_sweep(space: SearchSpace, out: str | Path) -> list[dict]:
         confirmed.append(new)
     decide_best(space, confirmed)
     for row in confirmed:
-        board.upsert(row)
-    board.write()
+        records.put(row)
+    Leaderboard.from_records(out / FILENAME, records).write()
     for row in confirmed:
         if row["best"]:
             verdict = "" if row["clear_lead"] is not False else " (its lead over some parent is within the intervals)"

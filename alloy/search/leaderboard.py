@@ -18,6 +18,11 @@ last search rung.
 `running` while the trial is in flight. `pareto` marks the non-dominated rows among `ok` rows at the
 last rung, so pruned trials are never on the front. The file is replaced atomically on every write;
 the objectives and rungs are kept in the schema metadata.
+
+The Parquet file is a view: the rows live in the sweep's study (`alloy.search.records`), and the driver
+regenerates the file from there at every update. `rebuild_leaderboard` regenerates it on demand
+(`alloy board --rebuild`), and `read_leaderboard` does so by itself when the file of a sweep folder is
+missing or unreadable, so a deleted or corrupted file never loses a row.
 """
 from __future__ import annotations
 
@@ -82,6 +87,12 @@ class Leaderboard:
         rows = read_leaderboard(path).to_pylist() if path.is_file() else []
         return cls(path, objectives, rungs, rows)
 
+    @classmethod
+    def from_records(cls, path: str | Path, records: Any) -> "Leaderboard":
+        """The leaderboard of a sweep's durable records (`alloy.search.records.SweepRecords`)."""
+        schema = records.schema()
+        return cls(path, schema["objectives"], schema["rungs"], records.rows())
+
     @property
     def metrics(self) -> list[str]:
         """The objective column names."""
@@ -115,11 +126,17 @@ class Leaderboard:
         """Write the table to `path` (temporary file, then rename)."""
         import pyarrow.parquet as pq
 
+        from alloy.io.atomic import output_errors
+
         table = self.to_table()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.path)
+        with output_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                pq.write_table(table, tmp)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return self.path
 
     def to_table(self) -> Any:
@@ -181,14 +198,31 @@ def leaderboard_path(sweep: str | Path) -> Path:
     return sweep if sweep.suffix == ".parquet" else sweep / FILENAME
 
 
-def read_leaderboard(sweep: str | Path) -> Any:
-    """The leaderboard of a sweep folder (or file) as a pyarrow Table; AlloyError when there is none."""
-    import pyarrow.parquet as pq
+def rebuild_leaderboard(sweep: str | Path) -> Path:
+    """Regenerate a sweep folder's `leaderboard.parquet` from its study; return the file."""
+    from alloy.search.records import open_records
 
     path = leaderboard_path(sweep)
-    if not path.is_file():
-        raise AlloyError(f"{path}: no leaderboard here; give the output folder of `alloy sweep`")
-    return pq.read_table(path)
+    return Leaderboard.from_records(path, open_records(path.parent)).write()
+
+
+def read_leaderboard(sweep: str | Path) -> Any:
+    """The leaderboard of a sweep folder (or file) as a pyarrow Table. A sweep folder's file that is
+    missing or unreadable is rebuilt from the study first; AlloyError when there is no leaderboard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from alloy.search.records import META_FILE
+
+    path = leaderboard_path(sweep)
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        if not (path.parent / META_FILE).is_file():
+            if not path.exists():
+                raise AlloyError(f"{path}: no leaderboard here; give the output folder of `alloy sweep`") from None
+            raise AlloyError(f"{path}: not a readable Parquet file ({exc})") from None
+    return pq.read_table(rebuild_leaderboard(path))
 
 
 def leaderboard_meta(table: Any) -> dict:

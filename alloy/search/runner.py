@@ -51,10 +51,16 @@ def _lm_eval(space: SearchSpace, sweep_dir: Path) -> CandidateRunner:
     return LmEvalRunner(pool_settings(space, sweep_dir).sweep)
 
 
-def _lm_eval_setup(space: SearchSpace, sweep_dir: Path) -> None:
+def _lm_eval_setup(space: SearchSpace, sweep_dir: Path, placement_timeout_s: float) -> None:
     from alloy.workers.pool import prepare
 
-    prepare(pool_settings(space, sweep_dir))
+    prepare(pool_settings(space, sweep_dir), placement_timeout_s)
+
+
+def _lm_eval_teardown(space: SearchSpace, sweep_dir: Path, keep_store: bool) -> list[str]:
+    from alloy.workers.pool import stop
+
+    return stop(pool_settings(space, sweep_dir).sweep, keep_stores=keep_store)
 
 
 RUNNERS: dict[str, Callable[[SearchSpace, Path], CandidateRunner]] = {
@@ -63,9 +69,12 @@ RUNNERS: dict[str, Callable[[SearchSpace, Path], CandidateRunner]] = {
 }
 
 
-# evaluation.runner name → setup(space, sweep folder) run once by the driver after Ray starts and before
-# the first trial (e.g. to load parents and start long-lived workers); runners without one need none.
-RUNNER_SETUP: dict[str, Callable[[SearchSpace, Path], None]] = {"lm_eval": _lm_eval_setup}
+# evaluation.runner name → setup(space, sweep folder, placement timeout) run once by the driver after Ray
+# starts and before the first trial (e.g. to load parents and start long-lived workers), and the
+# teardown(space, sweep folder, keep_store) → names of what it stopped, run when the sweep ends
+RUNNER_SETUP: dict[str, Callable[[SearchSpace, Path, float], None]] = {"lm_eval": _lm_eval_setup}
+RUNNER_TEARDOWN: dict[str, Callable[[SearchSpace, Path, bool], list[str]]] = {"lm_eval": _lm_eval_teardown}
+DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
 
 # runners whose setup starts long-lived workers that hold the trial resources (GPUs, CPU slots) of the
 # search space; their Tune trials only lease a worker, so they take no CPU or GPU (Ray needs some
@@ -80,11 +89,26 @@ def trial_resources(space: SearchSpace) -> dict[str, float]:
     return {"cpu": space.search.cpu, "gpu": space.search.gpu}
 
 
-def prepare_runner(space: SearchSpace, sweep_dir: str | Path) -> None:
-    """Run the setup of the space's runner, when it has one (in the driver, with Ray started)."""
+def prepare_runner(space: SearchSpace, sweep_dir: str | Path,
+                   placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S) -> None:
+    """Check that the cluster can hold the trials' resources, then run the setup of the space's runner,
+    when it has one (in the driver, with Ray started). AlloyError on resources never to be had, or not
+    had within `placement_timeout_s`."""
     setup = RUNNER_SETUP.get(space.evaluation.runner)
     if setup is not None:
-        setup(space, Path(sweep_dir))
+        setup(space, Path(sweep_dir), placement_timeout_s)
+        return
+    from alloy.workers.placement import check_placement
+
+    check_placement({"CPU": space.search.cpu, "GPU": space.search.gpu}, 1, f"{space.source}: search.resources",
+                    placement_timeout_s)
+
+
+def teardown_runner(space: SearchSpace, sweep_dir: str | Path, keep_store: bool = False) -> list[str]:
+    """Stop what the runner's setup started (workers, pool and, unless `keep_store`, the parent
+    stores); return the names of what was stopped."""
+    teardown = RUNNER_TEARDOWN.get(space.evaluation.runner)
+    return teardown(space, Path(sweep_dir), keep_store) if teardown is not None else []
 
 
 def check_runner(space: SearchSpace) -> None:

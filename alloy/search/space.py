@@ -854,6 +854,14 @@ def _known_tasks() -> Any:
     return TASKS
 
 
+def _reported_metrics(task: str) -> Any:
+    try:
+        from alloy.evaluation.task_metrics import reported_metrics
+    except ImportError:
+        return None
+    return reported_metrics(task)
+
+
 def _parse_objectives(raw: Any, evaluation: Evaluation, source: str) -> tuple[Objective, ...]:
     if isinstance(raw, (str, Mapping)):
         raw = [raw]
@@ -876,6 +884,10 @@ def _parse_objectives(raw: Any, evaluation: Evaluation, source: str) -> tuple[Ob
                              f"evaluation.tasks {list(evaluation.tasks)} nor a token statistic {list(TOKEN_METRICS)}")
         if task is not None and task not in evaluation.tasks:
             raise AlloyError(f"{source}: {where}.metric: task '{task}' is not in evaluation.tasks")
+        reported = _reported_metrics(task) if task is not None else None
+        if reported is not None and metric not in reported:
+            raise AlloyError(f"{source}: {where}.metric: task '{task}' reports no '{metric}'; it reports "
+                             f"{list(reported)}")
         direction = item.get("direction", "minimize" if is_token_metric(metric) else "maximize")
         direction = {"max": "maximize", "min": "minimize"}.get(direction, direction)
         if direction not in ("maximize", "minimize"):

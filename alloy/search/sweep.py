@@ -3,7 +3,14 @@ with ASHA over the evaluation rungs; results land in the leaderboard as they com
 
 A sweep folder holds `space.yaml` (the space, parent paths resolved), `sweep.json` (the study's
 storage URL and name), `study.db` (the Optuna study, SQLite by default), `cache/` (scores by recipe
-hash and sample count), `tune/` (Ray Tune's experiment state) and `leaderboard.parquet`.
+hash and sample count), `tune/` (Ray Tune's experiment state), `.driver.lock` (the driver's lock,
+`alloy.search.lock`) and `leaderboard.parquet`. The study is the record of the sweep: its trials and,
+as study attributes, every leaderboard row (`alloy.search.records`); the Parquet file is a view
+regenerated from it.
+
+A sweep ends with its store actors, workers and pool removed (unless `keep_store`), with exit status
+130 and a resume hint when stopped by Ctrl-C (`SweepInterrupted`), and with an AlloyError when every
+trial failed.
 
 Each trial evaluates its candidate at every rung in turn (reading the cache first) and reports once per
 rung; ASHA's time attribute is `asha_t` = reduction_factor ** rung, so its milestones fall exactly on
@@ -35,89 +42,179 @@ from alloy.io.atomic import atomic_write_text
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
 from alloy.search.confirm import confirm_sweep
-from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interval_columns
-from alloy.search.runner import check_runner, make_runner, prepare_runner
+from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interval_columns, rebuild_leaderboard
+from alloy.search.local_ray import ray_session
+from alloy.search.lock import LOCK_FILE, StudyLease, driver_lock
+from alloy.search.records import META_FILE, SweepRecords, open_records, open_storage, read_meta
+from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_runner, make_runner, prepare_runner,
+                                 teardown_runner)
 from alloy.search.samplers import reported_scalar, study_target
 from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
 from alloy.search.warm_start import warm_start_points
 
 SPACE_FILE = "space.yaml"
-META_FILE = "sweep.json"
 TUNE_DIR = "tune"
 TRIAL_KEY = "_optuna_trial"          # config key carrying the Optuna trial number into the trainable
 CHECKPOINT_PERIOD_S = "1"            # how often Tune saves its experiment state (TUNE_GLOBAL_CHECKPOINT_S)
 
 
 def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local", resume: bool = False,
-              storage: str | None = None, num_cpus: int | None = None, check_paths: bool = True) -> Path:
+              storage: str | None = None, num_cpus: int | None = None, check_paths: bool = True,
+              keep_store: bool = False, placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S) -> Path:
     """Run (or resume) the sweep of a search space into `out_dir`; return the leaderboard path.
 
     address: "local" starts an embedded Ray (`ray.init(address="local")`); anything else ("auto",
     "ray://host:10001") connects to a running cluster. storage: an SQLAlchemy URL for the Optuna study
     (default: SQLite in the sweep folder). num_cpus: CPUs of the embedded Ray (default: all).
+    keep_store: leave the parent stores running at the end (workers and pool always go), so that a
+    `--resume` of this sweep does not read the parents again.
+    placement_timeout_s: how long to wait for the cluster to offer the workers' resources.
+
+    One driver per sweep: the folder lock (and, for a study storage outside the folder, the study
+    lease) is held from the start; another driver's sweep is refused naming it. Raises `SweepInterrupted` on
+    Ctrl-C (the sweep can be resumed) and AlloyError when every trial failed.
     """
     space = load_space(space_path, check_paths=check_paths)
     check_runner(space)
     warm = [] if resume else warm_start_points(space)
     out = Path(out_dir).resolve()
-    rdb, study_name = _prepare_folder(space, out, resume, storage)
+    _check_folder(out, resume)
+    with driver_lock(out) as holder:
+        url, study_name = _study_location(space, out, resume, storage)
+        rdb = open_storage(url)
+        lease = StudyLease(rdb, study_name) if url != _folder_storage(out) else None
+        if lease is not None:
+            lease.acquire(holder)
+        try:
+            _prepare_folder(space, out, resume, rdb, url, study_name)
+            with ray_session(address, num_cpus):
+                try:
+                    prepare_runner(space, out, placement_timeout_s)
+                    _fit(space, out, rdb, study_name, resume, warm)
+                    confirm_sweep(space, out, SweepRecords(rdb, study_name))
+                finally:
+                    teardown_runner(space, out, keep_store)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(_resume_hint(space, out, "interrupted")) from None
+        finally:
+            if lease is not None:
+                lease.release()
+        return _conclude(space, out, rdb, study_name)
 
-    import ray
 
-    started = not ray.is_initialized()
-    if started:
-        if address == "local":
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    try:
-        prepare_runner(space, out)
-        with _env(TUNE_GLOBAL_CHECKPOINT_S=CHECKPOINT_PERIOD_S, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
-            tuner = _restored_tuner(space, out) if resume else None
-            if tuner is None:
-                tuner = _new_tuner(space, out, rdb, study_name, resume, warm)
-            if tuner is not None:
-                tuner.fit()
-        confirm_sweep(space, out)
-    finally:
-        if started:
-            ray.shutdown()
-    return out / FILENAME
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped before its budget was spent (Ctrl-C); the message says how to resume it."""
+
+
+def cleanup_sweep(out_dir: str | Path, address: str = "auto") -> list[str]:
+    """Remove a sweep's actors (parent stores, workers, pool) from a running cluster; return their names.
+
+    Refused while the sweep's driver runs (it holds the folder lock and removes them itself)."""
+    out = Path(out_dir).resolve()
+    if not (out / SPACE_FILE).is_file():
+        raise AlloyError(f"{out}: not a sweep folder (no {SPACE_FILE}); give the --out folder of `alloy sweep`")
+    with driver_lock(out):
+        space = load_space(out / SPACE_FILE, check_paths=False)
+        with ray_session(address):
+            return teardown_runner(space, out)
+
+
+def _fit(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool, warm: list) -> None:
+    with _env(TUNE_GLOBAL_CHECKPOINT_S=CHECKPOINT_PERIOD_S, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
+        tuner = _restored_tuner(space, out) if resume else None
+        if tuner is None:
+            tuner = _new_tuner(space, out, rdb, study_name, resume, warm)
+        if tuner is not None:
+            tuner.fit()
+
+
+def _conclude(space: SearchSpace, out: Path, rdb: Any, study_name: str) -> Path:
+    """After Tune returned: the leaderboard when the budget is spent and a trial succeeded;
+    SweepInterrupted when trials are missing (Tune stops on Ctrl-C without raising); AlloyError when
+    every trial failed."""
+    study = optuna.load_study(study_name=study_name, storage=rdb)
+    finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    if finished < _budget(space):
+        raise SweepInterrupted(_resume_hint(space, out, f"stopped after {finished} of {_budget(space)} trials"))
+    path = rebuild_leaderboard(out)
+    latest = {r["trial"]: r for r in SweepRecords(rdb, study_name).rows()}  # rows by rung: the last wins
+    counts = {s: sum(r["status"] == s for r in latest.values()) for s in ("ok", "pruned", "failed")}
+    if counts["failed"] and counts["failed"] == len(latest):
+        first = min(latest.values(), key=lambda r: r["trial"])
+        raise AlloyError(f"every trial of the sweep in {out} failed ({counts['failed']} of {len(latest)}); "
+                         f"trial {first['trial']}: {first['error']} (all errors: `alloy board {out}`)")
+    print(f"sweep finished: {counts['ok']} ok, {counts['pruned']} pruned, {counts['failed']} failed; "
+          f"leaderboard {path}", flush=True)
+    return path
+
+
+def _budget(space: SearchSpace) -> int:
+    """How many trials the sweep runs."""
+    trials = space.search.trials
+    return min(trials, space.grid_size()) if space.search.sampler == "grid" else trials
+
+
+def _resume_hint(space: SearchSpace, out: Path, what: str) -> str:
+    return (f"sweep {what}; nothing is lost: resume it with `alloy sweep {space.source} --out {out} --resume`")
 
 
 # --------------------------------------------------------------------------------------------------
 # The sweep folder
-def _prepare_folder(space: SearchSpace, out: Path, resume: bool, storage: str | None) -> tuple[Any, str]:
-    """Check (resume) or create the sweep folder; return the study storage and the study name."""
-    meta_path = out / META_FILE
-    if resume:
-        if not meta_path.is_file():
-            raise AlloyError(f"{out}: no sweep to resume here (no {META_FILE}); start one without --resume")
-        saved = (out / SPACE_FILE).read_text()
-        if saved != space.to_yaml():
-            raise AlloyError(f"{space.source}: this search space differs from the one the sweep in {out} started "
-                             f"with ({out / SPACE_FILE}); resume with that file, or start a new sweep")
-        meta = json.loads(meta_path.read_text())
-        if storage is not None and storage != meta["storage"]:
-            raise AlloyError(f"--storage {storage} differs from the study storage of this sweep ({meta['storage']})")
-        return _open_storage(meta["storage"]), meta["study_name"]
-    if out.exists() and any(out.iterdir()):
+def _check_folder(out: Path, resume: bool) -> None:
+    """Refuse a folder that cannot hold this sweep before taking its lock (which creates a file in it)."""
+    if resume and not (out / META_FILE).is_file():
+        raise AlloyError(f"{out}: no sweep to resume here (no {META_FILE}); start one without --resume")
+    if not resume and out.exists() and not (out / LOCK_FILE).exists():
+        _refuse_non_empty(out)
+
+
+def _refuse_non_empty(out: Path) -> None:
+    if any(p.name != LOCK_FILE for p in out.iterdir()):
         raise AlloyError(f"output folder {out} is not empty; pass --resume to continue its sweep, or choose "
                          f"another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{out / 'study.db'}"
-    rdb = _open_storage(url)
+
+
+def _folder_storage(out: Path) -> str:
+    """The default study storage: SQLite in the sweep folder."""
+    return f"sqlite:///{out / 'study.db'}"
+
+
+def _study_location(space: SearchSpace, out: Path, resume: bool, storage: str | None) -> tuple[str, str]:
+    """The study's storage URL and name (checked against the sweep's on resume), before anything is
+    written."""
+    if not resume:
+        _refuse_non_empty(out)  # again: another driver may have filled it before this one took the lock
+        return storage or _folder_storage(out), space.search.study_name
+    saved = (out / SPACE_FILE).read_text()
+    if saved != space.to_yaml():
+        raise AlloyError(f"{space.source}: this search space differs from the one the sweep in {out} started "
+                         f"with ({out / SPACE_FILE}); resume with that file, or start a new sweep")
+    meta = read_meta(out)
+    if storage is not None and storage != meta["storage"]:
+        raise AlloyError(f"--storage {storage} differs from the study storage of this sweep ({meta['storage']})")
+    return meta["storage"], meta["study_name"]
+
+
+def _prepare_folder(space: SearchSpace, out: Path, resume: bool, rdb: Any, url: str, name: str) -> None:
+    """Create the sweep's study (or load it, on resume) and, for a new sweep, its folder files."""
+    records = _open_study(space, rdb, name)
+    if resume:
+        if not records.rows() and (out / FILENAME).is_file():  # a sweep started before the study held its rows
+            for row in Leaderboard.open(out / FILENAME, records.schema()["objectives"], space.evaluation.rungs).rows():
+                records.put(row)
+        return
     atomic_write_text(out / SPACE_FILE, space.to_yaml())
-    atomic_write_text(meta_path, json.dumps({"storage": url, "study_name": space.search.study_name,
-                                             "space": space.source, "created": time.time()}, indent=1))
-    return rdb, space.search.study_name
+    atomic_write_text(out / META_FILE, json.dumps({"storage": url, "study_name": name,
+                                                   "space": space.source, "created": time.time()}, indent=1))
 
 
-def _open_storage(url: str) -> Any:
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes a user-facing message
-        raise AlloyError(f"cannot open the Optuna study storage {url!r}: {exc}") from None
+def _open_study(space: SearchSpace, rdb: Any, name: str) -> SweepRecords:
+    """Create (or load) the sweep's Optuna study and record the leaderboard's schema in it."""
+    optuna.create_study(storage=rdb, study_name=name, directions=space.directions, load_if_exists=True)
+    records = SweepRecords(rdb, name)
+    records.set_schema([{"metric": o.metric, "direction": o.direction} for o in space.objectives],
+                       space.evaluation.rungs)
+    return records
 
 
 @contextlib.contextmanager
@@ -305,21 +402,22 @@ class SweepSearch(OptunaSearch):
 
 
 class SweepProgress(tune.Callback):
-    """Fills the leaderboard as results arrive and prints one progress line per rung and per trial."""
+    """Records every result in the study (`SweepRecords`), regenerates the leaderboard file from it,
+    and prints one progress line per rung and per trial."""
 
     def __init__(self, space: SearchSpace, out: Path, total: int):
         self.space = space
         self.out = str(out)
         self.total = total
+        self._records: SweepRecords | None = None
         self._board: Leaderboard | None = None
         self._references: dict[str, str] = {}
         self._started = time.time()
         self._finished_here = 0
 
     def setup(self, **info: Any) -> None:
-        self._board = Leaderboard.open(Path(self.out) / FILENAME, [{"metric": o.metric, "direction": o.direction}
-                                                                   for o in self.space.objectives],
-                                       self.space.evaluation.rungs)
+        self._records = open_records(self.out)
+        self._board = Leaderboard.from_records(Path(self.out) / FILENAME, self._records)
         self._references = {self.space.candidate(p).recipe_hash: label for label, p in self.space.start_points()}
         self._started = time.time()
         self._finished_here = 0
@@ -330,8 +428,8 @@ class SweepProgress(tune.Callback):
         for key in (*self.space.metrics, *interval_columns(self.space.metrics), *TOKEN_METRICS, "merge_s", "eval_s"):
             value = result.get(key)
             row[key] = None if value is None else float(value)
-        self._board.upsert(row)
-        self._board.write()
+        self._records.put(row)
+        self._write_view()
         self._print(row, f"rung {row['rung'] + 1}/{len(self.space.evaluation.rungs)} n={row['n_samples']}"
                          f"{' (cached)' if row['cached'] else ''}")
 
@@ -341,8 +439,8 @@ class SweepProgress(tune.Callback):
         if not rows:
             return
         full = rows[-1]["rung"] == len(self.space.evaluation.rungs) - 1
-        self._board.set_status(number, "ok" if full else "pruned")
-        self._finish(rows[-1], "done" if full else "pruned by ASHA")
+        self._set_status(rows, "ok" if full else "pruned")
+        self._finish(number, "done" if full else "pruned by ASHA")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         number = trial.config.get(TRIAL_KEY)
@@ -352,15 +450,9 @@ class SweepProgress(tune.Callback):
         if rung < len(self.space.evaluation.rungs):
             row = self._row(trial, rung, "failed")
             row.update(n_samples=self.space.evaluation.rungs[rung], cached=False)
-            self._board.upsert(row)
-        self._board.set_status(number, "failed", message)
-        self._finish(self._board.trial_rows(number)[-1], f"FAILED: {message}")
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        rows = [r for r in self._board.rows() if r["latest"]]
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "pruned", "failed")}
-        print(f"sweep finished: {counts['ok']} ok, {counts['pruned']} pruned, {counts['failed']} failed; "
-              f"leaderboard {Path(self.out) / FILENAME}", flush=True)
+            rows = [*rows, row]
+        self._set_status(rows, "failed", message)
+        self._finish(number, f"FAILED: {message}")
 
     # ----------------------------------------------------------------------------------------------
     def _row(self, trial: Any, rung: int, status: str) -> dict:
@@ -373,10 +465,19 @@ class SweepProgress(tune.Callback):
         row.update({PARAM_PREFIX + k: v for k, v in candidate.coefficients.items()})
         return row
 
-    def _finish(self, row: dict, what: str) -> None:
+    def _set_status(self, rows: list[dict], status: str, error: str | None = None) -> None:
+        for row in rows:
+            self._records.put({**row, "status": status, "error": error if error is not None else row.get("error")})
+
+    def _write_view(self) -> None:
+        """Regenerate the leaderboard file from the study."""
+        self._board = Leaderboard.from_records(Path(self.out) / FILENAME, self._records)
         self._board.write()
+
+    def _finish(self, number: int, what: str) -> None:
+        self._write_view()
         self._finished_here += 1
-        self._print(row, what)
+        self._print(self._board.trial_rows(number)[-1], what)
 
     def _print(self, row: dict, what: str) -> None:
         scores = " ".join(f"{m}={_fmt(row.get(m))}" for m in self.space.metrics)

@@ -12,6 +12,7 @@ the rung adds. A worker that dies is restarted once by Ray; the sweep retries it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from alloy.errors import AlloyError
 
 POOL_NAMESPACE = "alloy"
 
-# handles of the pools this driver started: a named actor lives only while a handle to it exists,
-# and the workers should die with the driver that owns the sweep (a resumed sweep starts new ones)
-_LIVE_POOLS: dict[str, Any] = {}
+# handles of the pools (and their workers and resources) this driver started: a named actor lives only while a handle
+# to it exists, and the workers should die with the driver that owns the sweep (a resumed sweep starts
+# new ones)
+_LIVE_POOLS: dict[str, tuple[Any, list, list]] = {}  # sweep -> (pool, workers, placement groups)
 
 # the evaluator's token statistics under the names search spaces use (alloy.search.space.TOKEN_METRICS)
 _TOKEN_NAMES = {"tokens_mean": "output_tokens_mean", "tokens_median": "output_tokens_median",
@@ -99,30 +101,6 @@ def check_vllm_workers(settings: PoolSettings) -> None:
     check_servable(Checkpoint.open(path).config, tensor_parallel_size(settings.gpu), path)
 
 
-def check_node_fit(settings: PoolSettings) -> None:
-    """AlloyError when a worker asks for more GPUs than any node of the cluster has."""
-    most = max(node_gpus())
-    if settings.gpu > most:
-        raise AlloyError(f"search.resources.gpu: each worker asks for {settings.gpu:g} GPUs, but no node of this Ray "
-                         f"cluster (running, or a node type its autoscaler may add) has more than {most:g}; lower "
-                         f"gpu or give the cluster a node type with enough GPUs (cluster.yaml)")
-
-
-def node_gpus() -> list[float]:
-    """GPUs per node of the connected cluster: of each running node, and of each node type its
-    autoscaler may start (the cluster config the autoscaler publishes, where there is one)."""
-    counts = [n["Resources"].get("GPU", 0) for n in ray.nodes() if n.get("Alive")]
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # no autoscaler config on this cluster, or an older Ray without the accessor
-        config = None
-    if config is not None:
-        counts += [group.resources.get("GPU", 0) for group in config.node_group_configs if group.max_count != 0]
-    return counts or [0]
-
-
 class CandidateWorker:
     """A resident child and its evaluator (run as a Ray actor, one per worker's GPUs or CPU slot).
 
@@ -186,13 +164,23 @@ class WorkerPool:
     async def release(self, worker: Any) -> None:
         self.free.put_nowait(worker)
 
+    def worker_handles(self) -> list:
+        """Every worker of the pool (for `stop`)."""
+        return list(self.workers)
+
 
 def _pool_name(sweep: str) -> str:
     return f"alloy-pool-{sweep}"
 
 
-def prepare(settings: PoolSettings) -> None:
-    """Load the parents into the store and start the sweep's workers and their pool (idempotent)."""
+def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
+    """Load the parents into the store and start the sweep's workers and their pool (idempotent).
+
+    Workers the cluster can never hold are refused before anything starts; workers that do not come
+    up within `placement_timeout_s` are an AlloyError too, never an endless wait."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from alloy.workers.placement import check_placement, reserve, reserve_on_one_node
     from alloy.workers.store import start_stores
 
     sweep = settings.sweep
@@ -204,34 +192,71 @@ def prepare(settings: PoolSettings) -> None:
         pass
     print(f"alloy: sweep workers evaluate on the {backend} backend"
           + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else ""), flush=True)
-    check_node_fit(settings)
+    what = f"sweep {sweep!r}: search.resources of its {settings.concurrency} workers"
+    request = {"CPU": settings.cpu, "GPU": settings.gpu}
+    check_placement(request, settings.concurrency, what, placement_timeout_s)
     if backend == "vllm":
         check_vllm_workers(settings)
+    tp = tensor_parallel_size(settings.gpu) if backend == "vllm" else 1
     start_stores(sweep, settings.models, base=settings.base)
     evaluation = {"tasks": list(settings.tasks), "options": settings.options}
     device = "cuda" if settings.gpu > 0 else "cpu"
-    workers = [_start_worker(settings, sweep, evaluation, device, backend) for _ in range(settings.concurrency)]
-    ray.get([w.__ray_ready__.remote() for w in workers])
+    if tp == 1:  # one bundle per worker, reserved together
+        group = reserve(request, settings.concurrency, what, placement_timeout_s, _pool_name(sweep))
+        groups = [] if group is None else [group]
+        workers = [_start_worker(sweep, evaluation, device, backend, settings.cpu, settings.gpu,
+                                 None if group is None else PlacementGroupSchedulingStrategy(
+                                     group, placement_group_bundle_index=i))
+                   for i in range(settings.concurrency)]
+    else:  # one GPU bundle per engine rank, all of a worker's ranks on one node
+        rank = {"CPU": settings.cpu / tp, "GPU": 1}
+        groups = [reserve_on_one_node(rank, tp, what, placement_timeout_s, f"{_pool_name(sweep)}-{i}")
+                  for i in range(settings.concurrency)]
+        workers = [_start_worker(sweep, evaluation, device, backend, rank["CPU"], 0, PlacementGroupSchedulingStrategy(
+            g, placement_group_capture_child_tasks=True), tp) for g in groups]
+    _LIVE_POOLS[sweep] = (None, workers, groups)
+    ray.get([w.__ray_ready__.remote() for w in workers])  # resources held: start-up takes what it takes
     pool = ray.remote(num_cpus=0)(WorkerPool).options(name=_pool_name(sweep), namespace=POOL_NAMESPACE).remote(workers)
     ray.get(pool.__ray_ready__.remote())
-    _LIVE_POOLS[sweep] = pool
+    _LIVE_POOLS[sweep] = (pool, workers, groups)
 
 
-def _start_worker(settings: PoolSettings, sweep: str, evaluation: dict, device: str, backend: str):
-    """One worker actor. A vLLM worker with several GPUs holds none itself: it reserves a placement group
-    of one GPU bundle per rank on one node, and vLLM's Ray executor places the engine's ranks there."""
-    tp = tensor_parallel_size(settings.gpu) if backend == "vllm" else 1
-    options: dict[str, Any] = dict(num_cpus=settings.cpu, num_gpus=settings.gpu, max_restarts=1)
-    if tp > 1:
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+def stop(sweep: str, keep_stores: bool = False) -> list[str]:
+    """Stop a sweep's pool, its workers and (unless `keep_stores`) its parent stores, wherever they run;
+    return what was stopped."""
+    from alloy.workers.store import stop_stores
 
-        cpu = settings.cpu / tp
-        group = placement_group([{"GPU": 1, "CPU": cpu}] * tp, strategy="STRICT_PACK")
-        ray.get(group.ready())
-        options.update(num_gpus=0, num_cpus=cpu, scheduling_strategy=PlacementGroupSchedulingStrategy(
-            group, placement_group_capture_child_tasks=True))
-    return ray.remote(**options)(CandidateWorker).remote(sweep, evaluation, device, backend, tp)
+    from ray.util.placement_group import get_placement_group, remove_placement_group
+
+    stopped = []
+    pool, workers, groups = _LIVE_POOLS.pop(sweep, (None, [], []))
+    with contextlib.suppress(ValueError):
+        pool = ray.get_actor(_pool_name(sweep), namespace=POOL_NAMESPACE)
+    if pool is not None and not workers:
+        with contextlib.suppress(ray.exceptions.RayActorError):  # a pool that died with its workers
+            workers = ray.get(pool.worker_handles.remote())
+    for w in workers:
+        ray.kill(w, no_restart=True)
+    if workers:
+        stopped.append(f"{len(workers)} workers")
+    if pool is not None:
+        ray.kill(pool, no_restart=True)
+        stopped.append(_pool_name(sweep))
+    if not groups:  # another driver's sweep (alloy sweep --cleanup): find its groups by name
+        for name in (_pool_name(sweep), *(f"{_pool_name(sweep)}-{i}" for i in range(max(1, len(workers))))):
+            with contextlib.suppress(ValueError):
+                groups.append(get_placement_group(name))
+    for group in groups:
+        remove_placement_group(group)
+    return stopped if keep_stores else stopped + stop_stores(sweep)
+
+
+def _start_worker(sweep: str, evaluation: dict, device: str, backend: str, cpu: float, gpu: float,
+                  strategy: Any, tensor_parallel: int = 1):
+    """One worker actor placed by `strategy`. A tensor-parallel vLLM worker holds no GPU itself: its
+    placement group has one GPU bundle per rank on one node, and vLLM's Ray executor places the ranks there."""
+    worker = ray.remote(num_cpus=cpu, num_gpus=gpu, max_restarts=1)(CandidateWorker)
+    return worker.options(scheduling_strategy=strategy).remote(sweep, evaluation, device, backend, tensor_parallel)
 
 
 class LmEvalRunner:

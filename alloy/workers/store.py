@@ -8,6 +8,10 @@ While loading, a store computes each parent's distance to the base per tensor (a
 
 Stores are detached, named per sweep (`alloy-store-<sweep>-<i>` in namespace `alloy`), and restarted by
 Ray when they die; `load()` is idempotent, so a restarted store reloads from disk on the next call.
+A store remembers the fingerprint of the parent folders it was started on (file names, sizes and
+modification times); `start_stores` finding a running store of another fingerprint (a parent rewritten,
+replaced or deleted) stops it instead of serving the stale copy. `stop_stores` removes a sweep's stores
+(the sweep does it when it ends, unless `--keep-store`).
 """
 from __future__ import annotations
 
@@ -66,8 +70,10 @@ class StoreManifest:
 class ParentStore:
     """Holds a layer range of every parent in the object store (use via `start_stores`)."""
 
-    def __init__(self, parents: Mapping[str, str], base: str | None, shard: int, n_shards: int):
+    def __init__(self, parents: Mapping[str, str], base: str | None, shard: int, n_shards: int,
+                 fingerprint: str = ""):
         self.parents = dict(parents)
+        self.fingerprint = fingerprint
         self.base = base
         self.shard, self.n_shards = shard, n_shards
         self._manifest: StoreManifest | None = None
@@ -113,8 +119,10 @@ class ParentStore:
             ("frobenius", pa.float64()), ("relative", pa.float64()), ("rms", pa.float64())]))
 
     def info(self) -> dict:
-        """How many times this store has loaded (a restarted store loads again) and its shard."""
-        return {"load_count": self.load_count, "shard": self.shard, "n_shards": self.n_shards}
+        """How many times this store has loaded (a restarted store loads again), its shard and the
+        fingerprint of the parents it was started on."""
+        return {"load_count": self.load_count, "shard": self.shard, "n_shards": self.n_shards,
+                "fingerprint": self.fingerprint}
 
     def _owns(self, name: str, checkpoints: Mapping[str, Checkpoint]) -> bool:
         layer = layer_index(name)
@@ -182,20 +190,76 @@ def start_stores(sweep: str, parents: Mapping[str, str | Path], base: str | None
     Stores are spread over nodes, restart when they die, and survive the driver when `detached`;
     `resources` pins them to nodes that offer those custom resources.
     """
-    resolved = {name: str(resolve_model_path(str(path), Path(base_dir))) for name, path in parents.items()}
-    for name, path in resolved.items():
-        Checkpoint.open(path)  # fail here, before any actor starts, on a missing or broken parent
+    try:
+        resolved = {name: str(resolve_model_path(str(path), Path(base_dir))) for name, path in parents.items()}
+        for name, path in resolved.items():
+            Checkpoint.open(path)  # fail here, before any actor starts, on a missing or broken parent
+    except AlloyError:
+        stop_stores(sweep)  # a running store of this sweep would serve a copy of what is gone
+        raise
+    fingerprint = parents_fingerprint(resolved)
     actor_cls = ray.remote(ParentStore)
     handles = []
     for i in range(n_shards):
+        _stop_if_stale(store_name(sweep, i), fingerprint)
         opts: dict[str, Any] = dict(name=store_name(sweep, i), namespace=NAMESPACE, get_if_exists=True,
                                     max_restarts=-1, max_task_retries=-1, num_cpus=0,
                                     scheduling_strategy="SPREAD", resources=resources or {})
         if detached:
             opts["lifetime"] = "detached"
-        handles.append(actor_cls.options(**opts).remote(resolved, base, i, n_shards))
+        handles.append(actor_cls.options(**opts).remote(resolved, base, i, n_shards, fingerprint))
     ray.get([h.load.remote() for h in handles])
     return handles
+
+
+def parents_fingerprint(parents: Mapping[str, str]) -> str:
+    """A digest of the parents' folders: every file's name, size and modification time."""
+    import hashlib
+
+    entries = []
+    for name, path in sorted(parents.items()):
+        for f in sorted(Path(path).iterdir()):
+            if f.is_file():
+                st = f.stat()
+                entries.append((name, f.name, st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(repr(entries).encode()).hexdigest()[:16]
+
+
+def _stop_if_stale(name: str, fingerprint: str) -> None:
+    try:
+        handle = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return
+    try:
+        current = ray.get(handle.info.remote()).get("fingerprint")
+    except ray.exceptions.RayActorError:
+        current = None
+    if current != fingerprint:
+        _kill(handle, name)
+
+
+def _kill(handle: ray.actor.ActorHandle, name: str) -> None:
+    """Kill a named store and wait until its name is free again."""
+    ray.kill(handle, no_restart=True)
+    for _ in range(100):
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
+
+
+def stop_stores(sweep: str) -> list[str]:
+    """Stop every store actor of a sweep (none running is fine); return the names stopped."""
+    stopped = []
+    while True:
+        name = store_name(sweep, len(stopped))
+        try:
+            handle = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return stopped
+        _kill(handle, name)
+        stopped.append(name)
 
 
 def connect_stores(sweep: str) -> list[ray.actor.ActorHandle]:

@@ -1,0 +1,122 @@
+"""Ray for a sweep driver: an embedded Ray that goes away with its driver, or a connection to a cluster.
+
+`ray_session("local")` starts Ray inside the driver process and shuts it down on the way out,
+including on SIGTERM (turned into `SystemExit(143)` while the session is open, so `finally` blocks
+run). A driver killed outright (SIGKILL, OOM) cannot clean up after itself, and Ray's node agents
+(`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) outlive their raylet. So the embedded session also
+starts a reaper, `python -m alloy.search.local_ray PID`, in its own session: it keeps the list of the
+driver's descendant processes and, once the driver is gone, terminates those still alive.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+REAPER_POLL_S = 1.0
+TERM_GRACE_S = 5.0
+
+
+@contextlib.contextmanager
+def ray_session(address: str = "local", num_cpus: int | None = None) -> Iterator[bool]:
+    """Start (address "local") or join a Ray cluster unless Ray is already up; yield whether this
+    call started it. On exit (normal, error, Ctrl-C or SIGTERM) a Ray this call started is shut down."""
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    reaper = None
+    before = set(_descendants(os.getpid()))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        if address == "local":
+            reaper = start_reaper(os.getpid())
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+        # after ray.init, whose core worker installs a SIGTERM handler that aborts the process
+        with contextlib.suppress(ValueError):  # not the main thread: Ray's own handling applies
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        yield True
+    finally:
+        try:
+            ray.shutdown()
+            if address == "local":  # agents that outlived the raylet
+                stop_processes([p for pid, p in _descendants(os.getpid()).items() if pid not in before])
+        finally:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
+            if reaper is not None:
+                reaper.terminate()
+                reaper.wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def start_reaper(pid: int) -> subprocess.Popen:
+    """Start the process that cleans up after driver `pid` if it dies without shutting Ray down."""
+    return subprocess.Popen([sys.executable, "-m", "alloy.search.local_ray", str(pid)], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def reap_after(pid: int) -> list[int]:
+    """Watch `pid` and its descendants; when it dies, terminate the descendants still alive (SIGTERM,
+    then SIGKILL after TERM_GRACE_S). Returns the pids it had to stop. Ends early on SIGTERM (the driver
+    shut Ray down itself)."""
+    import psutil
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        driver = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    known: dict[int, psutil.Process] = {}
+    me = os.getpid()  # a child of the driver too
+    while _running(driver):
+        known.update({child: p for child, p in _descendants(pid).items() if child not in known and child != me})
+        time.sleep(REAPER_POLL_S)
+    alive = [p for p in known.values() if p.is_running()]  # is_running also compares the start time
+    stop_processes(alive)
+    return [p.pid for p in alive]
+
+
+def stop_processes(processes: list) -> None:
+    """SIGTERM the given psutil processes, then SIGKILL those still alive after TERM_GRACE_S."""
+    import psutil
+
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, still = psutil.wait_procs(processes, timeout=TERM_GRACE_S)
+    for p in still:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def _descendants(pid: int) -> dict:
+    import psutil
+
+    try:
+        return {c.pid: c for c in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return {}
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+if __name__ == "__main__":
+    reap_after(int(sys.argv[1]))
