@@ -172,6 +172,7 @@ def check_sandbox(allow_code_execution: bool | None = None) -> None:
     The successful check is remembered for the process; call it before any heavy work (a task that
     runs code calls it when it loads)."""
     require_code_execution_opt_in(allow_code_execution)
+    _bwrap()
     _check_runs(_sandbox_python())
 
 

@@ -96,11 +96,15 @@ def test_local_file_resolution(task_manager, data_dir, tmp_path):
     with pytest.raises(AlloyError, match="unknown evaluation task"):
         task_overrides("mmlu", data_dir)
     assert task_overrides("aime24", None) == {}
-    assert task_spec("aime24", task_manager, {})["dataset_path"] != "json"
+    hub = {"alloy_task": "aime24", "hub_path": "HuggingFaceH4/aime_2024", "hub_split": "train"}
+    assert task_spec("aime24", task_manager, {})["dataset_kwargs"] == hub
+    merged = task_spec("aime24", task_manager, task_overrides("aime24", data_dir))["dataset_kwargs"]
+    assert merged == {**hub, "data_dir": str(data_dir.resolve())}
 
 
 @pytest.mark.parametrize("name, count", [("aime24", 30), ("aime25", 8), ("gpqa_diamond", 12), ("livecodebench", 20), ("math500", 50)])
-def test_tasks_load_offline_in_seeded_order(task_manager, data_dir, name, count):
+def test_tasks_load_offline_in_seeded_order(task_manager, data_dir, name, count, monkeypatch):
+    monkeypatch.setenv(OPT_IN_ENV, "1")
     task = load(task_manager, name, data_dir)
     docs = list(task.eval_docs)
     assert len(docs) == count

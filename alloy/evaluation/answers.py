@@ -12,7 +12,7 @@ closed by budget forcing). A response without the delimiter is all final text.
   as exact fractions where both sides are numbers, and element-wise for comma-separated answers.
 
 All scorers take one or several responses per document (lm-eval `repeats`) through
-`response_texts` and return the mean score over them.
+`response_texts` and return the mean score over them; `repeat_scores` adds pass@k.
 """
 from __future__ import annotations
 
@@ -57,6 +57,16 @@ def split_thinking(response: str) -> tuple[str | None, str]:
     the thinking was never closed."""
     head, sep, tail = response.rpartition(THINK_END)
     return (head, tail) if sep else (None, response)
+
+
+def repeat_scores(results: Iterable[Any], score: Callable[[str], float]) -> dict[str, float]:
+    """`exact_match` (the mean of `score` over the doc's n responses: its avg@n) and the unbiased
+    `pass@k` for k in (1, 5, 10) up to n, a response counting as correct when its score is 1."""
+    from alloy.evaluation.passk import pass_at_k_scores
+
+    values = [float(score(text)) for text in response_texts(results)]
+    mean = sum(values) / len(values) if values else 0.0
+    return {"exact_match": mean, **pass_at_k_scores([value >= 1.0 for value in values])}
 
 
 def final_segment(response: str) -> str:
