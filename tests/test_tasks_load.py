@@ -155,6 +155,32 @@ def test_gpqa_shuffle_reproduces_lm_eval():
         assert record["choice" + str("ABCD".index(record["answer"][1]) + 1)] == correct
 
 
+def letter_counts(records) -> dict[str, int]:
+    counts = {f"({letter})": 0 for letter in "ABCD"}
+    for record in records:
+        counts[record["answer"]] += 1
+    return counts
+
+
+def test_gpqa_correct_letter_is_spread_over_a_to_d(task_manager, tmp_path):
+    rows = gpqa_rows(198)  # GPQA Diamond's size, in its raw record format
+    write_jsonl(tmp_path / "gpqa_diamond.jsonl", rows)
+    docs = list(load(task_manager, "gpqa_diamond", tmp_path).eval_docs)
+    counts = letter_counts(docs)
+    # each letter ~ Binomial(198, 1/4): mean 49.5, sd 6.1
+    assert all(30 <= count <= 70 for count in counts.values()), counts
+    for doc in docs:  # the letter points at the correct answer's text
+        correct = rows[int(doc["id"][3:])]["Correct Answer"].strip()
+        assert doc["choice" + str("ABCD".index(doc["answer"][1]) + 1)] == correct
+    # the check catches the known failure: a fresh Random(42) per question puts every answer in one place
+    fixed = []
+    for row in rows:
+        choices = [row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"], row["Correct Answer"]]
+        random.Random(42).shuffle(choices)
+        fixed.append({"answer": f"({'ABCD'[choices.index(row['Correct Answer'])]})"})
+    assert max(letter_counts(fixed).values()) == len(rows)
+
+
 def oracle_solution(problem: dict) -> str:
     """A program that answers exactly the public tests (to drive lm-eval's scoring end to end)."""
     tests = public_tests(problem)

@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from alloy.errors import AlloyError
+from alloy.evaluation.passk import repeat_metric_error
 from alloy.merge.groups import GROUPS
 
 DEFAULT_SCOPE = "default"
@@ -862,6 +863,9 @@ def _parse_objectives(raw: Any, evaluation: Evaluation, source: str) -> tuple[Ob
                              f"evaluation.tasks {list(evaluation.tasks)} nor a token statistic {list(TOKEN_METRICS)}")
         if task is not None and task not in evaluation.tasks:
             raise AlloyError(f"{source}: {where}.metric: task '{task}' is not in evaluation.tasks")
+        problem = repeat_metric_error(metric.split("/", 1)[1], evaluation.repeats) if task else None
+        if problem:
+            raise AlloyError(f"{source}: {where}.metric: '{metric}': {problem}")
         direction = item.get("direction", "minimize" if is_token_metric(metric) else "maximize")
         direction = {"max": "maximize", "min": "minimize"}.get(direction, direction)
         if direction not in ("maximize", "minimize"):
