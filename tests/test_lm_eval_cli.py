@@ -21,11 +21,11 @@ LM_EVAL = Path(sys.executable).parent / "lm_eval"
 pytestmark = pytest.mark.slow
 
 
-def lm_eval(args: list[str], data_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run the lm_eval CLI from the repository root with no network, no code-execution opt-in and a
-    private HF cache."""
+def lm_eval(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run the lm_eval CLI from the repository root as the README shows it (ALLOY_DATA_DIR relative
+    to the root), with no network, no code-execution opt-in and a private HF cache."""
     environment = {key: value for key, value in os.environ.items() if key != OPT_IN_ENV}
-    environment.update(ALLOY_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+    environment.update(ALLOY_DATA_DIR="../shared/data", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                        HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
     return subprocess.run([str(LM_EVAL), *args], cwd=ROOT, env=environment, capture_output=True, text=True,
                           timeout=300)
@@ -39,14 +39,14 @@ def first_answer(shared_data) -> tuple[str, list[str]]:
     return rows[0]["answer"], [row["answer"] for row in rows[:2]]
 
 
-def test_lm_eval_cli_scores_aime24_offline(shared_data, first_answer, tiny_tokenizer, tmp_path):
+def test_lm_eval_cli_scores_aime24_offline(first_answer, tiny_tokenizer, tmp_path):
     answer, first_two = first_answer
     model = save_tiny_checkpoint(answering_model(tiny_tokenizer, answer), tmp_path / "model", tiny_tokenizer)
     out = tmp_path / "out"
     result = lm_eval(["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
                       "--include_path", "evaluators", "--tasks", "aime24", "--apply_chat_template",
                       "--limit", "2", "--gen_kwargs", "max_gen_toks=24", "--output_path", str(out)],
-                     shared_data, tmp_path)
+                     tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (results_file,) = out.rglob("results_*.json")
     scores = json.loads(results_file.read_text())["results"]["aime24"]
@@ -55,12 +55,12 @@ def test_lm_eval_cli_scores_aime24_offline(shared_data, first_answer, tiny_token
     assert scores["pass@1,none"] == pytest.approx(expected)
 
 
-def test_lm_eval_cli_livecodebench_needs_the_opt_in_before_generating(shared_data, tiny_tokenizer, tmp_path):
+def test_lm_eval_cli_livecodebench_needs_the_opt_in_before_generating(tiny_tokenizer, tmp_path):
     model = save_tiny_checkpoint(answering_model(tiny_tokenizer, "1"), tmp_path / "model", tiny_tokenizer)
     args = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
             "--include_path", "evaluators", "--tasks", "livecodebench", "--limit", "1",
             "--gen_kwargs", "max_gen_toks=8", "--confirm_run_unsafe_code"]
-    refused = lm_eval(args, shared_data, tmp_path)
+    refused = lm_eval(args, tmp_path)
     assert refused.returncode != 0
     assert OPT_IN_ENV in refused.stderr
     assert "generate_until" not in refused.stderr + refused.stdout  # failed while loading, before any request
