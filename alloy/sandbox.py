@@ -383,19 +383,19 @@ def _command(runtime: Runtime, package_binds: list[tuple[str, str]], workdir: Pa
     for folder in runtime.folders:
         args += ["--ro-bind", folder, folder]
     args += ["--ro-bind", runtime.python, runtime.python]
+    if package_binds and not runtime.site:
+        raise AlloyError(f"the sandbox's interpreter {runtime.python} has no site-packages folder for extra packages")
     for site in runtime.site:
         args += ["--tmpfs", site]
-    target_site = runtime.site[0] if runtime.site else None
-    if package_binds and target_site is None:
-        raise AlloyError(f"the sandbox's interpreter {runtime.python} has no site-packages folder for extra packages")
     for source, name in package_binds:
-        args += ["--ro-bind", source, os.path.join(target_site, name)]
+        args += ["--ro-bind", source, os.path.join(runtime.site[0], name)]
     for site in runtime.site:
         args += ["--remount-ro", site]
     args += ["--proc", "/proc", "--dev-bind", "/dev/null", "/dev/null", "--dev-bind", "/dev/urandom", "/dev/urandom"]
     for stream, number in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
         args += ["--symlink", f"/proc/self/fd/{number}", f"/dev/{stream}"]
-    args += ["--symlink", "/proc/self/fd", "/dev/fd", "--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
+    args += ["--symlink", "/proc/self/fd", "/dev/fd",
+             "--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
              "--bind", str(workdir), INNER_WORKDIR, "--chdir", INNER_WORKDIR, "--remount-ro", "/"]
     cpu = int(limits.cpu_s if limits.cpu_s is not None else int(limits.wall_s) + 1)
     stage = {
