@@ -243,6 +243,14 @@ def test_runs_as_a_throwaway_uid():
     assert int(first.stdout) == first.uid != second.uid and first.uid != 0
 
 
+def test_default_interpreter_is_the_base_python_of_this_environment():
+    import sys
+
+    result = run("import sys\nprint(sys.executable)\nprint(sys.version)")
+    executable, version = result.stdout.splitlines()
+    assert executable == os.path.realpath(sys._base_executable) and version == sys.version.splitlines()[0]
+
+
 def test_interpreter_can_be_chosen(monkeypatch):
     system = Path("/usr/bin/python3")
     if not system.is_file():

@@ -268,3 +268,16 @@ def test_livecodebench_metrics_aggregate_per_difficulty(task_manager, data_dir, 
             continue
         expected = sum(doc["id"] in solved for doc in of_kind) / len(of_kind)
         assert metrics[key] == pytest.approx(expected), difficulty
+
+
+def test_alloy_data_dir_serves_plain_lm_eval_and_alloy(task_manager, data_dir, monkeypatch, tmp_path):
+    from alloy.evaluation.datasets import DATA_DIR_ENV
+    from alloy.evaluation.harness import TaskSuite
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
+    task = task_manager.load(["aime24"])["tasks"]["aime24"]  # the registered task, no overrides
+    assert len(task.eval_docs) == 30
+    assert TaskSuite.load(["math500"], evaluators=EVALUATORS).size("math500") == 50
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))  # a folder without the task's file
+    with pytest.raises(AlloyError, match="no data for task 'aime24'"):
+        TaskSuite.resolve(["aime24"], evaluators=EVALUATORS)

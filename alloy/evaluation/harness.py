@@ -125,11 +125,11 @@ class TaskSuite:
 
 
 def _data_overrides(task: str, data_dir: str | Path | None) -> dict[str, Any]:
-    if data_dir is None:
-        return {}
-    from alloy.evaluation.datasets import TASKS, task_overrides
+    """Local-data overrides of an alloy task: `data_dir`, else $ALLOY_DATA_DIR (checked now)."""
+    from alloy.evaluation.datasets import TASKS, data_dir_of, task_overrides
 
-    return task_overrides(task, Path(data_dir)) if task in TASKS else {}
+    folder = data_dir_of(data_dir)
+    return task_overrides(task, folder) if folder is not None and task in TASKS else {}
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,8 @@ def load_problems(
     files = release_files(release_version or "release_latest")
     folder = data_dir_of(data_dir)
     if folder is None:
-        rows = list(datasets.load_dataset("json", data_files={"test": [f"{HUB_FILES_URL}/{f}" for f in files]},
-                                          split="test"))
+        problems = datasets.load_dataset("json", data_files={"test": [f"{HUB_FILES_URL}/{f}" for f in files]},
+                                         split="test")
     else:
         source = local_file("livecodebench", folder)
         if source.is_dir():
@@ -196,8 +196,12 @@ def load_problems(
                              f"single file; put the release files ({', '.join(files)}) in {folder / 'livecodebench'}")
         else:
             rows = read_jsonl(source)
-    problems = [row for row in rows if in_window(row, start, end)]
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(problems)})
+        problems = datasets.Dataset.from_list(rows)
+    if "private_test_cases" in problems.column_names:
+        problems = problems.remove_columns("private_test_cases")
+    if start or end:
+        problems = problems.filter(lambda problem: in_window(problem, start, end))
+    return datasets.DatasetDict({"test": problems})
 
 
 def public_tests(problem: dict) -> list[PublicTest]:
