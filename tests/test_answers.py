@@ -179,3 +179,32 @@ def test_math500_scoring_real_rows(math500):
         assert math_score(reasoning(row["problem"], "\\boxed{\\text{unknown}}"), row["answer"]) == 0.0
     assert extract_math_answer("so the answer is $\\frac{3}{56}$.") == "\\frac{3}{56}"
     assert normalize_math_answer("\\left( 3, \\frac{\\pi}{2} \\right)") == "(3,\\frac{\\pi}{2})"
+
+
+# ---------------------------------------------------------------------------- answer after thinking wins
+
+
+def test_aime_answer_after_thinking_beats_a_box_inside_it():
+    assert extract_aime_answer("<think>\nso \\boxed{77}\n</think>\nThe answer is 78.") == 78
+    # the mirror: the box after the delimiter beats a stated answer inside the thinking
+    assert extract_aime_answer("<think>\nThe answer is 78.\n</think>\nso \\boxed{77}") == 77
+    # an out-of-range answer stated after thinking is wrong, not replaced by the thinking's box
+    assert extract_aime_answer("<think>\\boxed{77}</think>\n\\boxed{1000}") is None
+
+
+def test_aime_thinking_is_the_fallback_when_nothing_follows():
+    assert extract_aime_answer("<think>\nso \\boxed{77}\n</think>\n") == 77
+    assert extract_aime_answer("<think>\nso \\boxed{77}\n</think>\nI cannot say more.") == 77
+    assert extract_aime_answer("<think>\nmaybe 77\n</think>\nI cannot say more.") is None
+    assert aime_score("<think>\nso \\boxed{77}\n</think>\nThe answer is 78.", "78") == 1.0
+    assert aime_score("<think>\nso \\boxed{77}\n</think>\nThe answer is 78.", "77") == 0.0
+
+
+def test_math_answer_after_thinking_beats_a_box_inside_it(math500):
+    assert extract_math_answer("<think>\nso \\boxed{\\frac{1}{2}}\n</think>\nThe answer is $\\frac{3}{4}$.") == "\\frac{3}{4}"
+    assert extract_math_answer("<think>\nThe answer is $\\frac{3}{4}$.\n</think>\nso \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert extract_math_answer("<think>\nso \\boxed{\\frac{1}{2}}\n</think>\n") == "\\frac{1}{2}"
+    row = next(iter(math500.values()))
+    right_inside = "\\boxed{" + row["answer"] + "}"  # the right answer, but only inside the thinking
+    assert math_score(f"<think>{right_inside}</think>\nThe answer is $\\pi^{{17}}+1$.", row["answer"]) == 0.0
+    assert math_score(f"<think>so \\boxed{{\\pi^{{17}}}}</think>\nThe final answer is \\boxed{{{row['answer']}}}", row["answer"]) == 1.0

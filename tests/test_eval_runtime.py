@@ -160,6 +160,8 @@ def test_repeats_sample_with_seeds(toy_tasks, tiny_tokenizer):
     samples = result.tasks["toy"].samples
     assert [(s.doc_id, s.repeat) for s in samples] == [(d, r) for d in range(3) for r in range(2)]
     assert result.tasks["toy"].n_samples == 3 and result.tasks["toy"].output_tokens.count == 6
+    scores = result.tasks["toy"].scores
+    assert scores["avg@2"] == pytest.approx(scores["exact_match"]) and "pass@5" not in scores
     by_repeat = {r: [s.response for s in samples if s.repeat == r] for r in range(2)}
     assert by_repeat[0] != by_repeat[1]
     rerun = evaluate(model, tiny_tokenizer, ["toy"], **options)

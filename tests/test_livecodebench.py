@@ -3,6 +3,7 @@ misbehaving programs fail, and scoring goes on afterwards."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import uuid
 from datetime import date
@@ -15,6 +16,7 @@ from alloy.evaluation.livecodebench import (
     build_prompt,
     extract_code,
     functional_matches,
+    load_problems,
     normalize_problem,
     passes_problem,
     process_docs,
@@ -155,8 +157,20 @@ def test_score_responses_averages_repeats_and_reports_difficulty(problems):
     problem = problems["abc311_a"]
     correct, wrong = SOLUTIONS["abc311_a"]
     metrics = score_responses(problem, [[fenced(correct), fenced(wrong), "no code at all", fenced(correct)]], LIMITS)
-    assert metrics == {"pass@1": 0.5, f"pass@1_{problem['difficulty']}": 0.5}
+    assert metrics == {"pass@1": 0.5, f"pass@1_{problem['difficulty']}": 0.5}  # no pass@5 from 4 answers
     assert problem["difficulty"] == "easy"
+
+
+def test_pass_at_k_over_ten_answers(problems):
+    problem = problems["abc311_a"]
+    correct, wrong = SOLUTIONS["abc311_a"]
+    answers = [fenced(correct)] * 3 + [fenced(wrong)] * 7
+    metrics = score_responses(problem, [answers], LIMITS)
+    # the unbiased estimator 1 - C(n-c, k) / C(n, k) with n = 10, c = 3
+    assert metrics["pass@1"] == pytest.approx(0.3)
+    assert metrics["pass@5"] == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+    assert metrics["pass@10"] == 1.0
+    assert metrics["pass@1_easy"] == pytest.approx(0.3)
 
 
 def test_scoring_requires_opt_in(problems, monkeypatch):
@@ -226,24 +240,91 @@ def test_prompts_follow_problem_kind(problems):
     assert "stdin" in stdin and "# YOUR CODE HERE" in stdin
 
 
-def test_date_window_and_release(problems):
-    rows = list(problems.values())
-    everything = process_docs(rows)
-    assert len(everything) == 20
-    window = process_docs(rows, start_date="2023-08-01", end_date="2023-09-30")
-    dates = sorted(row["contest_date"][:10] for row in window)
-    assert dates and all("2023-08-01" <= d <= "2023-09-30" for d in dates)
-    assert len(window) == sum("2023-08-01" <= r["contest_date"][:10] <= "2023-09-30" for r in rows)
-    inclusive = process_docs(rows, start_date=date(2023, 5, 7), end_date=date(2023, 5, 7))
-    assert sorted(row["id"] for row in inclusive) == ["2777", "2779"]
-    assert "private_test_cases" not in everything.column_names
-    assert release_files("release_v2")[-1].endswith("/test2.jsonl") and len(release_files("release_v2")) == 2
-    assert release_files("v3") == [release_files("release_v3")[-1]]
-    assert len(release_files("v2_v4")) == 3
-    with pytest.raises(AlloyError, match="release"):
-        release_files("release_v0")
-    overrides = window_overrides(release="release_v1", start_date="2023-06-01")
-    assert overrides["dataset_kwargs"]["data_files"]["test"][0].endswith("/test.jsonl")
-    assert len(overrides["process_docs"](rows)) == sum(r["contest_date"][:10] >= "2023-06-01" for r in rows)
+def raw_rows() -> list[dict]:
+    with open(DATA / "livecodebench_subset.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.fixture()
+def release_dir(tmp_path) -> Path:
+    """The real problems laid out as LiveCodeBench release files: test.jsonl (the 8 earliest),
+    test2.jsonl (the next 6), test3.jsonl (the last 6), like code_generation_lite on the Hub."""
+    rows = sorted(raw_rows(), key=lambda row: row["contest_date"])
+    folder = tmp_path / "livecodebench"
+    folder.mkdir()
+    for name, part in (("test.jsonl", rows[:8]), ("test2.jsonl", rows[8:14]), ("test3.jsonl", rows[14:])):
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in part), encoding="utf-8")
+    return tmp_path
+
+
+def ids_of(dataset) -> list[str]:
+    return sorted(row["question_id"] for row in dataset["test"])
+
+
+def test_release_files_follow_the_official_loader():
+    assert release_files("release_v1") == ["test.jsonl"]
+    assert release_files("release_v3") == ["test.jsonl", "test2.jsonl", "test3.jsonl"]
+    assert release_files("v3") == ["test3.jsonl"]
+    assert release_files("v4_v5") == ["test4.jsonl", "test5.jsonl"]
+    assert release_files("v1_v6") == release_files("release_v6") == release_files("release_latest")
+    for bad in ("release_v0", "release_v7", "v7", "v5_v4", "v3_v3", "latest", "v1_v7"):
+        with pytest.raises(AlloyError, match="release_version"):
+            release_files(bad)
+
+
+def test_release_and_window_select_problems(release_dir):
+    rows = sorted(raw_rows(), key=lambda row: row["contest_date"])
+    ids = [row["question_id"] for row in rows]
+    assert ids_of(load_problems(str(release_dir), "release_v1")) == sorted(ids[:8])
+    assert ids_of(load_problems(str(release_dir), "release_v2")) == sorted(ids[:14])
+    assert ids_of(load_problems(str(release_dir), "v2")) == sorted(ids[8:14])
+    assert ids_of(load_problems(str(release_dir), "v2_v3")) == sorted(ids[8:])
+    assert ids_of(load_problems(str(release_dir))) == sorted(ids)  # release_latest: the files present
+    with pytest.raises(AlloyError, match="test4.jsonl"):
+        load_problems(str(release_dir), "release_v4")
+    # the date window is kept, inclusive at both ends, together with the release
+    window = load_problems(str(release_dir), "release_v2", start_date="2023-08-01", end_date="2023-09-30")
+    expected = [row["question_id"] for row in rows[:14] if "2023-08-01" <= row["contest_date"][:10] <= "2023-09-30"]
+    assert expected and ids_of(window) == sorted(expected)
+    assert ids_of(load_problems(str(release_dir), start_date=date(2023, 5, 7), end_date=date(2023, 5, 7))) == ["2777", "2779"]
+    with pytest.raises(AlloyError, match="after its end"):
+        load_problems(str(release_dir), start_date="2024-01-01", end_date="2023-01-01")
+
+
+def test_single_local_file_takes_a_window_not_a_release(tmp_path):
+    (tmp_path / "livecodebench_subset.jsonl").write_bytes((DATA / "livecodebench_subset.jsonl").read_bytes())
+    assert len(load_problems(str(tmp_path))["test"]) == 20
+    assert len(load_problems(str(tmp_path), start_date="2023-12-01")["test"]) == 3
+    with pytest.raises(AlloyError, match="single file"):
+        load_problems(str(tmp_path), "release_v2")
+    docs = process_docs(load_problems(str(tmp_path))["test"])
+    assert "private_test_cases" not in docs.column_names and len(docs) == 20
+
+
+def test_loading_checks_the_opt_in_and_the_sandbox_first(release_dir, monkeypatch, tmp_path):
+    monkeypatch.delenv(OPT_IN_ENV)
+    with pytest.raises(AlloyError, match=OPT_IN_ENV):
+        load_problems(str(release_dir))
+    monkeypatch.setenv(OPT_IN_ENV, "1")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(AlloyError, match="bubblewrap"):
+        load_problems(str(release_dir))
+
+
+def test_window_overrides_are_task_metadata(release_dir):
+    from lm_eval.tasks import TaskManager
+
+    from alloy.evaluation.datasets import task_overrides, task_spec
+
+    manager = TaskManager(include_path=str(Path(__file__).resolve().parents[1] / "evaluators"), include_defaults=False)
+    overrides = window_overrides(release="release_v2", start_date="2023-06-01")
+    assert overrides == {"metadata": {"release_version": "release_v2", "start_date": "2023-06-01"}}
+    spec = task_spec("livecodebench", manager, {**task_overrides("livecodebench", release_dir), **overrides})
+    assert spec["metadata"]["version"] == 1.0  # merged into the task's own metadata
+    task = manager.load([spec])["tasks"]["livecodebench"]
+    rows = sorted(raw_rows(), key=lambda row: row["contest_date"])[:14]
+    assert sorted(doc["id"] for doc in task.eval_docs) == sorted(r["question_id"] for r in rows if r["contest_date"] >= "2023-06-01")
     with pytest.raises(AlloyError, match="after its end"):
         window_overrides(start_date="2024-01-01", end_date="2023-01-01")
+    with pytest.raises(AlloyError, match="release_version"):
+        window_overrides(release="release_v9")

@@ -98,6 +98,10 @@ def test_load_space_and_recipe(tmp_path):
     (lambda d: d["search"].update(confirm={"top": 2, "rounds": 2}), "search.confirm: unknown key(s) ['rounds']"),
     (lambda d: d["search"].update(warm_start={"top": 2}), "search.warm_start: expected the folder"),
     (lambda d: d["evaluation"]["synthetic"].update(step={"parent": "Z"}), "evaluation.synthetic.step: expected"),
+    (lambda d: d.update(objectives=["aime24/pass@5"]), "pass@5 needs at least 5 samples per question"),
+    (lambda d: (d.update(objectives=["aime24/avg@4"]), d["evaluation"].update(repeats=8)),
+     "avg@4 needs evaluation.repeats: 4 (it is 8)"),
+    (lambda d: (d.update(objectives=["aime24/pass@3"]), d["evaluation"].update(repeats=8)), "pass@3 is not reported"),
     (lambda d: d["groups"]["routed_experts"]["parameters"].update(threshold={"low": 0.0, "high": 0.1, "log": True}),
      "needs low > 0"),
     (lambda d: d["groups"]["routed_experts"].update(weights={"simplex": ["A", "D"]}),
@@ -113,6 +117,13 @@ def test_space_errors_name_the_key(tmp_path, edit, message):
         load_space(write_space(tmp_path, data))
     assert message in str(err.value)
     assert "space.yaml" in str(err.value)
+
+
+def test_repeat_metrics_are_objectives(tmp_path):
+    data = space_dict(objectives=["aime24/avg@8", "aime24/pass@5", {"metric": "tokens_mean", "direction": "min"}])
+    data["evaluation"]["repeats"] = 8
+    space = load_space(write_space(tmp_path, data))
+    assert space.metrics == ["aime24/avg@8", "aime24/pass@5", "tokens_mean"]
 
 
 def test_bad_method_combination_fails_at_load(tmp_path):

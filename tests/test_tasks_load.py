@@ -96,11 +96,15 @@ def test_local_file_resolution(task_manager, data_dir, tmp_path):
     with pytest.raises(AlloyError, match="unknown evaluation task"):
         task_overrides("mmlu", data_dir)
     assert task_overrides("aime24", None) == {}
-    assert task_spec("aime24", task_manager, {})["dataset_path"] != "json"
+    hub = {"alloy_task": "aime24", "hub_path": "HuggingFaceH4/aime_2024", "hub_split": "train"}
+    assert task_spec("aime24", task_manager, {})["dataset_kwargs"] == hub
+    merged = task_spec("aime24", task_manager, task_overrides("aime24", data_dir))["dataset_kwargs"]
+    assert merged == {**hub, "data_dir": str(data_dir.resolve())}
 
 
 @pytest.mark.parametrize("name, count", [("aime24", 30), ("aime25", 8), ("gpqa_diamond", 12), ("livecodebench", 20), ("math500", 50)])
-def test_tasks_load_offline_in_seeded_order(task_manager, data_dir, name, count):
+def test_tasks_load_offline_in_seeded_order(task_manager, data_dir, name, count, monkeypatch):
+    monkeypatch.setenv(OPT_IN_ENV, "1")
     task = load(task_manager, name, data_dir)
     docs = list(task.eval_docs)
     assert len(docs) == count
@@ -149,6 +153,32 @@ def test_gpqa_shuffle_reproduces_lm_eval():
     for record in ours:
         correct = rows[int(record["id"][3:])]["Correct Answer"]
         assert record["choice" + str("ABCD".index(record["answer"][1]) + 1)] == correct
+
+
+def letter_counts(records) -> dict[str, int]:
+    counts = {f"({letter})": 0 for letter in "ABCD"}
+    for record in records:
+        counts[record["answer"]] += 1
+    return counts
+
+
+def test_gpqa_correct_letter_is_spread_over_a_to_d(task_manager, tmp_path):
+    rows = gpqa_rows(198)  # GPQA Diamond's size, in its raw record format
+    write_jsonl(tmp_path / "gpqa_diamond.jsonl", rows)
+    docs = list(load(task_manager, "gpqa_diamond", tmp_path).eval_docs)
+    counts = letter_counts(docs)
+    # each letter ~ Binomial(198, 1/4): mean 49.5, sd 6.1
+    assert all(30 <= count <= 70 for count in counts.values()), counts
+    for doc in docs:  # the letter points at the correct answer's text
+        correct = rows[int(doc["id"][3:])]["Correct Answer"].strip()
+        assert doc["choice" + str("ABCD".index(doc["answer"][1]) + 1)] == correct
+    # the check catches the known failure: a fresh Random(42) per question puts every answer in one place
+    fixed = []
+    for row in rows:
+        choices = [row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"], row["Correct Answer"]]
+        random.Random(42).shuffle(choices)
+        fixed.append({"answer": f"({'ABCD'[choices.index(row['Correct Answer'])]})"})
+    assert max(letter_counts(fixed).values()) == len(rows)
 
 
 def oracle_solution(problem: dict) -> str:
@@ -238,3 +268,16 @@ def test_livecodebench_metrics_aggregate_per_difficulty(task_manager, data_dir, 
             continue
         expected = sum(doc["id"] in solved for doc in of_kind) / len(of_kind)
         assert metrics[key] == pytest.approx(expected), difficulty
+
+
+def test_alloy_data_dir_serves_plain_lm_eval_and_alloy(task_manager, data_dir, monkeypatch, tmp_path):
+    from alloy.evaluation.datasets import DATA_DIR_ENV
+    from alloy.evaluation.harness import TaskSuite
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
+    task = task_manager.load(["aime24"])["tasks"]["aime24"]  # the registered task, no overrides
+    assert len(task.eval_docs) == 30
+    assert TaskSuite.load(["math500"], evaluators=EVALUATORS).size("math500") == 50
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))  # a folder without the task's file
+    with pytest.raises(AlloyError, match="no data for task 'aime24'"):
+        TaskSuite.resolve(["aime24"], evaluators=EVALUATORS)

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, help="sampling temperature for every task (0: greedy)")
     parser.add_argument("--top-p", type=float, help="nucleus sampling for every task")
     parser.add_argument("--batch-size", type=int, default=1, help="requests generated together (hf backend)")
-    parser.add_argument("--data-dir", help="read each task's documents from DIR/<task>.jsonl instead of the Hub")
+    parser.add_argument("--data-dir", help="read each task's documents from DIR/<task>.jsonl instead of the Hub "
+                                           "(default: $ALLOY_DATA_DIR when set)")
     parser.add_argument("--evaluators", help="the lm-eval task folder (default: $ALLOY_EVALUATORS, else "
                                              "evaluators/ of the source checkout)")
     parser.add_argument("--backend", choices=("hf", "vllm", "auto"), default="hf",

@@ -1,13 +1,18 @@
 """Answer extraction and normalization for the math and multiple-choice tasks.
 
+The answer after the end-of-thinking delimiter (`</think>`) wins: a `\\boxed{}` inside the thinking
+never overrides what the response states after it. The thinking is only a fallback, searched for a
+`\\boxed{}` when nothing is stated after the delimiter (a response cut off in its thinking, or
+closed by budget forcing). A response without the delimiter is all final text.
+
 - AIME: the last `\\boxed{}` (nested braces handled), else "the answer is N", else the last integer;
   normalized to an integer 0-999 and compared exactly.
 - GPQA: a choice letter A-D from "The answer is (C)", `\\boxed{C}`, "**C**", or a last "(C)".
-- MATH-500: the last `\\boxed{}`, normalized LaTeX compared as strings, as exact fractions where
-  both sides are numbers, and element-wise for comma-separated answers.
+- MATH-500: the last `\\boxed{}`, else "the answer is ..."; normalized LaTeX compared as strings,
+  as exact fractions where both sides are numbers, and element-wise for comma-separated answers.
 
 All scorers take one or several responses per document (lm-eval `repeats`) through
-`response_texts` and return the mean score over them.
+`response_texts` and return the mean score over them; `repeat_scores` adds pass@k.
 """
 from __future__ import annotations
 
@@ -44,10 +49,51 @@ def mean_score(results: Iterable[Any], score: Callable[[str], float]) -> float:
     return sum(float(score(text)) for text in texts) / len(texts)
 
 
+THINK_END = "</think>"
+
+
+def split_thinking(response: str) -> tuple[str | None, str]:
+    """(thinking, final): the text before and after the last `</think>`; (None, response) when
+    the thinking was never closed."""
+    head, sep, tail = response.rpartition(THINK_END)
+    return (head, tail) if sep else (None, response)
+
+
+def repeat_scores(results: Iterable[Any], score: Callable[[str], float]) -> dict[str, float]:
+    """`exact_match` (the mean of `score` over the doc's n responses: its avg@n) and the unbiased
+    `pass@k` for k in (1, 5, 10) up to n, a response counting as correct when its score is 1."""
+    from alloy.evaluation.passk import pass_at_k_scores
+
+    values = [float(score(text)) for text in response_texts(results)]
+    mean = sum(values) / len(values) if values else 0.0
+    return {"exact_match": mean, **pass_at_k_scores([value >= 1.0 for value in values])}
+
+
 def final_segment(response: str) -> str:
     """The part after the last `</think>` (the whole response when thinking was not closed)."""
-    head, sep, tail = response.rpartition("</think>")
-    return tail if sep else response
+    return split_thinking(response)[1]
+
+
+def stated_answer(response: str, last_number: bool = False) -> tuple[str, str] | None:
+    """What a response states as its final answer, and how: ("boxed", content of the last
+    `\\boxed{}`), ("stated", the text after the last "answer is"), or, with `last_number`,
+    ("number", the last number); None when it states nothing.
+
+    Looked for in the text after `</think>` first; only when that states nothing, the thinking's
+    last `\\boxed{}` is the fallback.
+    """
+    thinking, final = split_thinking(response)
+    boxed = last_boxed(final)
+    if boxed is not None:
+        return "boxed", boxed
+    stated = _answer_is(final)
+    if stated is not None:
+        return "stated", stated
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", final) if last_number else []
+    if numbers:
+        return "number", numbers[-1]
+    boxed = last_boxed(thinking) if thinking is not None else None
+    return ("boxed", boxed) if boxed is not None else None
 
 
 def last_boxed(text: str) -> str | None:
@@ -117,18 +163,18 @@ def _leading_integer(text: str) -> int | None:
 def extract_aime_answer(response: str) -> int | None:
     """The AIME answer (integer 0-999) of a response, or None when it states none in range.
 
-    The last boxed answer decides when there is one; otherwise the last "answer is N" (or
-    "answer: N") after `</think>`; otherwise the last number there.
+    After `</think>`: the last boxed answer, else the last "answer is N" (or "answer: N"), else
+    the last number; with nothing there, the thinking's last boxed answer (`stated_answer`).
     """
-    boxed = last_boxed(response)
-    if boxed is not None:
-        return _boxed_integer(boxed)
-    tail = final_segment(response)
-    stated = _answer_is(tail)
-    if stated is not None:
-        return _leading_integer(stated)
-    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", tail)
-    return _aime_value(Fraction(numbers[-1].replace(",", ""))) if numbers else None
+    found = stated_answer(response, last_number=True)
+    if found is None:
+        return None
+    kind, text = found
+    if kind == "boxed":
+        return _boxed_integer(text)
+    if kind == "stated":
+        return _leading_integer(text)
+    return _aime_value(Fraction(text.replace(",", "")))
 
 
 def aime_target(answer: Any) -> int:
@@ -302,14 +348,13 @@ def math_equal(prediction: str | None, target: str) -> bool:
 
 
 def extract_math_answer(response: str) -> str | None:
-    """The final answer of a MATH response: the last `\\boxed{}`, else "the answer is ..."."""
-    boxed = last_boxed(response)
-    if boxed is not None:
-        return boxed
-    stated = _answer_is(final_segment(response))
-    if stated is None:
+    """The final answer of a MATH response after `</think>`: the last `\\boxed{}`, else
+    "the answer is ..."; with nothing there, the thinking's last boxed answer (`stated_answer`)."""
+    found = stated_answer(response)
+    if found is None:
         return None
-    return stated.strip().rstrip(".").strip("$ ")
+    kind, text = found
+    return text if kind == "boxed" else text.strip().rstrip(".").strip("$ ")
 
 
 def math_score(response: str, answer: str) -> float:

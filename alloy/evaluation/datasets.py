@@ -1,9 +1,14 @@
 """Where alloy's evaluation tasks read their documents from, and in which order.
 
-Every task reads its public Hugging Face dataset by default. `task_overrides(task, data_dir)` gives
-the lm-eval task-config overrides that make it read a local JSONL file instead (offline machines,
-tests); `task_spec(name, task_manager, task_overrides(name, data_dir))` is the task config with them
-applied, ready for `TaskManager.load` or `get_task_dict`.
+Every task loads through an lm-eval `custom_dataset` function (`load_task_dataset`; LiveCodeBench's
+`alloy.evaluation.livecodebench.load_problems`), which reads a local data folder when one is given
+and the task's public Hugging Face dataset otherwise. The folder is the task's
+`dataset_kwargs.data_dir` (alloy's `--data-dir`, set by `task_overrides`), else the environment
+variable ALLOY_DATA_DIR, so that plain `lm_eval --include_path evaluators` runs offline:
+`ALLOY_DATA_DIR=../shared/data lm_eval --model hf ... --tasks aime24`. In the folder a task reads
+`<task>.jsonl`, else the single `<task>*.jsonl`. `task_spec(name, task_manager,
+task_overrides(name, data_dir))` is the task config with the overrides applied, ready for
+`TaskManager.load` or `get_task_dict`.
 
 `ordered_docs` puts a task's documents in a fixed seeded order keyed on each document's id, so that
 lm-eval's `limit=n` takes the first n of one order and a rung of 2n documents contains the rung of n
@@ -12,6 +17,8 @@ lm-eval's `limit=n` takes the first n of one order and a rung of 2n documents co
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,10 +30,19 @@ if TYPE_CHECKING:
 TASKS: tuple[str, ...] = ("aime24", "aime25", "gpqa_diamond", "livecodebench", "math500")
 ORDER_SEED = 1234
 LOCAL_SPLIT = "test"
+DATA_DIR_ENV = "ALLOY_DATA_DIR"
+
+
+def data_dir_of(data_dir: str | Path | None) -> Path | None:
+    """The local data folder: `data_dir` if given, else $ALLOY_DATA_DIR, else None (the Hub)."""
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
+    return None if data_dir is None else Path(data_dir).resolve()
 
 
 def local_file(task: str, data_dir: Path) -> Path:
-    """The local JSONL of `task` in `data_dir`: `<task>.jsonl`, else the single `<task>*.jsonl`."""
+    """The local data of `task` in `data_dir`: `<task>.jsonl`, else the single `<task>*.jsonl`;
+    for livecodebench also a folder `livecodebench/` holding the release files test*.jsonl."""
     _check_task(task)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -34,6 +50,8 @@ def local_file(task: str, data_dir: Path) -> Path:
     exact = data_dir / f"{task}.jsonl"
     if exact.is_file():
         return exact
+    if task == "livecodebench" and any((data_dir / task).glob("test*.jsonl")):
+        return data_dir / task
     matches = sorted(path for path in data_dir.glob(f"{task}*.jsonl") if path.is_file())
     if len(matches) == 1:
         return matches[0]
@@ -49,23 +67,22 @@ def local_file(task: str, data_dir: Path) -> Path:
 
 
 def task_overrides(task: str, data_dir: Path | None) -> dict[str, Any]:
-    """lm-eval task-config overrides that make `task` read its local JSONL from `data_dir`;
-    `{}` when data_dir is None (the task then reads its Hugging Face dataset)."""
+    """lm-eval task-config overrides that make `task` read its local data from `data_dir` (checked
+    now); `{}` when data_dir is None (the task then reads $ALLOY_DATA_DIR or its Hub dataset)."""
     _check_task(task)
     if data_dir is None:
         return {}
-    path = local_file(task, Path(data_dir))
-    return {
-        "dataset_path": "json",
-        "dataset_name": None,
-        "dataset_kwargs": {"data_files": {LOCAL_SPLIT: str(path.resolve())}},
-        "test_split": LOCAL_SPLIT,
-    }
+    local_file(task, Path(data_dir))
+    return {"dataset_kwargs": {"data_dir": str(Path(data_dir).resolve())}}
+
+
+_MERGED_KEYS = ("dataset_kwargs", "metadata")
 
 
 def task_spec(task: str, task_manager: Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config of `task` (any task of `task_manager`'s index) with `overrides` applied, for
-    lm-eval's `TaskManager.load` / `get_task_dict`.
+    lm-eval's `TaskManager.load` / `get_task_dict`; `dataset_kwargs` and `metadata` overrides are
+    merged key by key into the task's own, other keys replace the task's.
 
     lm-eval 0.4.13 takes a top-level dict `{"task": name, ...}` as a complete inline task, not as
     overrides of the registered task of that name; so this loads the task's own YAML config
@@ -79,7 +96,41 @@ def task_spec(task: str, task_manager: Any, overrides: dict[str, Any] | None = N
             f"task {task!r} is not in the lm-eval task index; create the TaskManager with "
             "include_path pointing at alloy's evaluators/ folder"
         )
-    return {**load_yaml(entry.yaml_path, resolve_func=True), **(overrides or {}), "task": task}
+    config = load_yaml(entry.yaml_path, resolve_func=True)
+    overrides = dict(overrides or {})
+    for key in _MERGED_KEYS:
+        if key in overrides:
+            overrides[key] = {**(config.get(key) or {}), **overrides[key]}
+    return {**config, **overrides, "task": task}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file; AlloyError naming the file and line on bad JSON."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                raise AlloyError(f"{path}:{number}: not a JSON record ({exc})") from exc
+    return records
+
+
+def load_task_dataset(alloy_task: str, hub_path: str, hub_split: str, hub_name: str | None = None,
+                      data_dir: str | None = None, **_metadata: Any) -> "datasets.DatasetDict":
+    """lm-eval's `custom_dataset` of alloy's tasks: `{"test": records}` read from the local data
+    folder (`data_dir`, else $ALLOY_DATA_DIR) when there is one, else from split `hub_split` of the
+    Hub dataset `hub_path` (config `hub_name`). Other keyword arguments (lm-eval passes the task's
+    metadata and the model arguments) are ignored."""
+    import datasets
+
+    folder = data_dir_of(data_dir)
+    if folder is not None:
+        records = read_jsonl(local_file(alloy_task, folder))
+        return datasets.DatasetDict({LOCAL_SPLIT: datasets.Dataset.from_list(records)})
+    return datasets.DatasetDict({LOCAL_SPLIT: datasets.load_dataset(hub_path, hub_name, split=hub_split)})
 
 
 def order_key(doc_id: str, seed: int = ORDER_SEED) -> str:

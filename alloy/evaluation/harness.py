@@ -11,7 +11,10 @@ order, so these are nested subsets), rung 2n then scores docs n..2n-1 and reuses
 Repeats sample each question several times, each with its own seeded generator per request (see
 `request_seed`), so results are reproducible; a task that decodes greedily is switched to sampling
 (temperature 0.6, top-p 0.95 unless given) when repeats > 1. A task's score for a metric is the mean
-of its per-sample values over documents and repeats (alloy's metrics are per-sample means).
+of its per-sample values over documents and repeats (alloy's metrics are per-sample means). From the
+samples' correctness (the task's first metric) every task also reports `avg@n` (n = repeats) and the
+unbiased `pass@k` for k in (1, 5, 10) up to n (`alloy.evaluation.passk`), with pass@k intervals
+from a bootstrap over questions.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable, Iterator, Mapping, Sequence
 
 from alloy.errors import AlloyError
-from alloy.evaluation.intervals import score_interval
+from alloy.evaluation.intervals import bootstrap, score_interval
+from alloy.evaluation.passk import PASS_KS, pass_at_k
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -108,9 +112,10 @@ class TaskSuite:
 
     @classmethod
     def load(cls, tasks: Sequence[str] | str, **kwargs) -> "TaskSuite":
-        """`resolve` then build every Task (reads the documents)."""
+        """`resolve` then build every Task (reads the documents; a code task checks the sandbox)."""
         suite = cls.resolve(tasks, **kwargs)
-        loaded = suite.manager.load([suite.specs[name] for name in suite.names])["tasks"]
+        with code_execution(suite.allow_code_execution):
+            loaded = suite.manager.load([suite.specs[name] for name in suite.names])["tasks"]
         suite.tasks = {name: loaded[name] for name in suite.names}
         return suite
 
@@ -120,11 +125,11 @@ class TaskSuite:
 
 
 def _data_overrides(task: str, data_dir: str | Path | None) -> dict[str, Any]:
-    if data_dir is None:
-        return {}
-    from alloy.evaluation.datasets import TASKS, task_overrides
+    """Local-data overrides of an alloy task: `data_dir`, else $ALLOY_DATA_DIR (checked now)."""
+    from alloy.evaluation.datasets import TASKS, data_dir_of, task_overrides
 
-    return task_overrides(task, Path(data_dir)) if task in TASKS else {}
+    folder = data_dir_of(data_dir)
+    return task_overrides(task, folder) if folder is not None and task in TASKS else {}
 
 
 @dataclass(frozen=True)
@@ -260,9 +265,10 @@ def summarize(records: Mapping[str, Sequence[SampleRecord]], repeats: int, confi
                 per_question[metric][row.doc_id].append(value)
         intervals = {metric: score_interval([statistics.fmean(v) for v in by_doc.values()], repeats)
                      for metric, by_doc in per_question.items()}
+        scores = {metric: float(statistics.fmean(v)) for metric, v in values.items()}
+        _add_repeat_scores(rows, repeats, scores, intervals)
         tasks[name] = TaskResult(
-            task=name, scores={metric: float(statistics.fmean(v)) for metric, v in values.items()},
-            intervals=intervals,
+            task=name, scores=scores, intervals=intervals,
             n_samples=len({row.doc_id for row in rows}), repeats=repeats,
             output_tokens=TokenStats.of([row.output_tokens for row in rows]),
             thinking_tokens=TokenStats.of([row.thinking_tokens for row in rows]),
@@ -270,6 +276,28 @@ def summarize(records: Mapping[str, Sequence[SampleRecord]], repeats: int, confi
     pooled = [row for rows in records.values() for row in rows]
     return EvalResult(tasks=tasks, output_tokens=TokenStats.of([r.output_tokens for r in pooled]),
                       thinking_tokens=TokenStats.of([r.thinking_tokens for r in pooled]), config=config)
+
+
+def _add_repeat_scores(rows: Sequence[SampleRecord], repeats: int, scores: dict[str, float],
+                       intervals: dict[str, tuple[float, float]]) -> None:
+    """avg@n and pass@k (k <= n) of one task from its samples' correctness, unless a metric of
+    that name is already a per-sample metric (livecodebench's pass@1)."""
+    correct: dict[int, list[bool]] = defaultdict(list)
+    for row in rows:
+        if row.correct is not None:
+            correct[row.doc_id].append(row.correct)
+    if not correct:
+        return
+    average = [sum(flags) / len(flags) for flags in correct.values()]
+    scores.setdefault(f"avg@{repeats}", float(statistics.fmean(average)))
+    intervals.setdefault(f"avg@{repeats}", score_interval(average, repeats))
+    for k in PASS_KS:
+        metric = f"pass@{k}"
+        if k > repeats or metric in scores:
+            continue
+        per_question = [pass_at_k(len(flags), sum(flags), k) for flags in correct.values()]
+        scores[metric] = float(statistics.fmean(per_question))
+        intervals[metric] = score_interval(per_question, repeats) if k == 1 else bootstrap(per_question)
 
 
 class RungEvaluator:

@@ -15,7 +15,6 @@ is dropped on loading and never decoded.
 """
 from __future__ import annotations
 
-import functools
 import json
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from alloy.errors import AlloyError
 from alloy.evaluation.answers import response_texts
 from alloy.evaluation.datasets import ordered_docs
+from alloy.evaluation.passk import pass_at_k_scores
 from alloy.sandbox import SandboxLimits, require_code_execution_opt_in, run_python
 
 if TYPE_CHECKING:
@@ -99,43 +99,39 @@ def _as_date(value: str | date | None) -> date | None:
         raise AlloyError(f"LiveCodeBench date {value!r} is not YYYY-MM-DD") from exc
 
 
-def process_docs(
-    dataset: "datasets.Dataset | list[dict]",
-    start_date: str | date | None = None,
-    end_date: str | date | None = None,
-) -> "datasets.Dataset":
-    """Normalized problems with start_date <= contest date <= end_date (inclusive, either bound
-    optional, as LiveCodeBench's --start_date/--end_date), in the seeded nested order."""
-    start, end = _as_date(start_date), _as_date(end_date)
+def in_window(problem: dict, start: date | None, end: date | None) -> bool:
+    """start <= contest date <= end (inclusive, either bound optional), as LiveCodeBench's
+    --start_date/--end_date."""
+    day = contest_day(problem)
+    return (start is None or start <= day) and (end is None or day <= end)
 
-    def in_window(problem: dict) -> bool:
-        day = contest_day(problem)
-        return (start is None or start <= day) and (end is None or day <= end)
 
-    problems = [normalize_problem(dict(raw)) for raw in dataset]
-    return ordered_docs([p for p in problems if in_window(p)], lambda record: record)
+def process_docs(dataset: "datasets.Dataset | list[dict]") -> "datasets.Dataset":
+    """Normalized problems in the seeded nested order."""
+    return ordered_docs([normalize_problem(dict(raw)) for raw in dataset], lambda record: record)
 
 
 def release_files(release: str) -> list[str]:
-    """The hub files of a LiveCodeBench release: `release_vN` (test.jsonl .. testN.jsonl),
-    `vN` (only version N's file), `vN_vM` (versions N..M), `release_latest` (all)."""
+    """The files of a LiveCodeBench release, as code_generation_lite's loader picks them:
+    `release_vN` (test.jsonl .. testN.jsonl), `vN` (only version N's file), `vN_vM` with N < M
+    (versions N..M), `release_latest` (all)."""
     def file_of(version: int) -> str:
-        return f"{HUB_FILES_URL}/test{'' if version == 1 else version}.jsonl"
+        return f"test{'' if version == 1 else version}.jsonl"
 
     if release == "release_latest":
-        return [f"{HUB_FILES_URL}/test*.jsonl"]
+        return [file_of(version) for version in range(1, RELEASE_COUNT + 1)]
     match = re.fullmatch(r"release_v(\d+)|v(\d+)(?:_v(\d+))?", release)
     if match:
-        if match.group(1):
-            first, last = 1, int(match.group(1))
+        cumulative, single, until = match.groups()
+        if cumulative:
+            first, last = 1, int(cumulative)
         else:
-            first = int(match.group(2))
-            last = int(match.group(3) or first)
-        if 1 <= first <= last:
+            first, last = int(single), int(until or single)
+        if 1 <= first <= last <= RELEASE_COUNT and (until is None or first < last):
             return [file_of(version) for version in range(first, last + 1)]
     raise AlloyError(
-        f"unknown LiveCodeBench release {release!r}: use release_latest, release_v1..release_v{RELEASE_COUNT} "
-        f"(cumulative), v1..v{RELEASE_COUNT} (one version) or vN_vM"
+        f"unknown LiveCodeBench release_version {release!r}: use release_latest, release_v1..release_v{RELEASE_COUNT} "
+        f"(cumulative), v1..v{RELEASE_COUNT} (one version) or vN_vM with N < M (versions N to M)"
     )
 
 
@@ -144,17 +140,68 @@ def window_overrides(
     start_date: str | date | None = None,
     end_date: str | date | None = None,
 ) -> dict[str, Any]:
-    """lm-eval overrides for the `livecodebench` task selecting a release (hub files) and a
-    contest-date window. Apply local-data overrides after these: a local file replaces the release."""
-    overrides: dict[str, Any] = {}
+    """lm-eval overrides for the `livecodebench` task selecting a release and a contest-date window
+    (its metadata, as `lm_eval --metadata '{"release_version": "v5", "start_date": ...}'` sets them);
+    checked now."""
+    metadata: dict[str, Any] = {}
     if release is not None:
-        overrides["dataset_kwargs"] = {"data_files": {"test": release_files(release)}}
-    if start_date is not None or end_date is not None:
-        start, end = _as_date(start_date), _as_date(end_date)
-        if start and end and start > end:
-            raise AlloyError(f"LiveCodeBench window start {start} is after its end {end}")
-        overrides["process_docs"] = functools.partial(process_docs, start_date=start, end_date=end)
-    return overrides
+        release_files(release)
+        metadata["release_version"] = release
+    start, end = _as_date(start_date), _as_date(end_date)
+    if start and end and start > end:
+        raise AlloyError(f"LiveCodeBench window start {start} is after its end {end}")
+    metadata.update({key: value.isoformat() for key, value in (("start_date", start), ("end_date", end)) if value})
+    return {"metadata": metadata} if metadata else {}
+
+
+def load_problems(
+    data_dir: str | None = None,
+    release_version: str | None = None,
+    start_date: str | date | None = None,
+    end_date: str | date | None = None,
+    **_metadata: Any,
+) -> "datasets.DatasetDict":
+    """lm-eval's `custom_dataset` of the livecodebench task: `{"test": problems}` of a release
+    (default release_latest) within the contest-date window.
+
+    Checks first, before any generation, that code execution is opted in and the sandbox runs.
+    Reads the local data folder (`data_dir`, else $ALLOY_DATA_DIR) when there is one: a folder
+    `livecodebench/` of release files test*.jsonl selects the release as on the Hub; a single
+    `livecodebench*.jsonl` is used whole (no release_version then). Else the Hub's JSONL files
+    (code_generation_lite's loading script does not run under datasets >= 4).
+    """
+    import datasets
+
+    from alloy.evaluation.datasets import data_dir_of, local_file, read_jsonl
+    from alloy.sandbox import check_sandbox
+
+    check_sandbox()
+    start, end = _as_date(start_date), _as_date(end_date)
+    if start and end and start > end:
+        raise AlloyError(f"LiveCodeBench window start {start} is after its end {end}")
+    files = release_files(release_version or "release_latest")
+    folder = data_dir_of(data_dir)
+    if folder is None:
+        problems = datasets.load_dataset("json", data_files={"test": [f"{HUB_FILES_URL}/{f}" for f in files]},
+                                         split="test")
+    else:
+        source = local_file("livecodebench", folder)
+        if source.is_dir():
+            missing = [name for name in files if not (source / name).is_file()]
+            if missing and release_version not in (None, "release_latest"):
+                raise AlloyError(f"release_version {release_version!r} needs {', '.join(missing)} in {source}")
+            rows = [row for name in files if name not in missing for row in read_jsonl(source / name)]
+        elif release_version not in (None, "release_latest"):
+            raise AlloyError(f"release_version {release_version!r} selects release files, but {source} is a "
+                             f"single file; put the release files ({', '.join(files)}) in {folder / 'livecodebench'}")
+        else:
+            rows = read_jsonl(source)
+        problems = datasets.Dataset.from_list(rows)
+    if "private_test_cases" in problems.column_names:
+        problems = problems.remove_columns("private_test_cases")
+    if start or end:
+        problems = problems.filter(lambda problem: in_window(problem, start, end))
+    return datasets.DatasetDict({"test": problems})
 
 
 def public_tests(problem: dict) -> list[PublicTest]:
@@ -301,13 +348,14 @@ def score_responses(
     limits: SandboxLimits | None = None,
     allow_code_execution: bool | None = None,
 ) -> dict[str, float]:
-    """`pass@1` and `pass@1_<difficulty>` of a problem: the fraction of its responses whose last
-    code block passes all public tests. Raises AlloyError unless code execution was opted in."""
+    """`pass@k` (unbiased, for k in 1, 5, 10 up to the number of responses n) and
+    `pass@1_<difficulty>` of a problem, a response passing when its last code block passes all
+    public tests; pass@1 is the fraction that pass. Raises AlloyError unless code execution was
+    opted in."""
     require_code_execution_opt_in(allow_code_execution)
     texts = response_texts(results)
     passed = [passes_problem(extract_code(text), problem, limits, allow_code_execution) for text in texts]
-    value = sum(passed) / len(passed) if passed else 0.0
-    metrics = {"pass@1": value}
+    metrics = pass_at_k_scores(passed) if passed else {"pass@1": 0.0}
     if problem.get("difficulty") in DIFFICULTIES:
-        metrics[f"pass@1_{problem['difficulty']}"] = value
+        metrics[f"pass@1_{problem['difficulty']}"] = metrics["pass@1"]
     return metrics

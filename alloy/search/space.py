@@ -47,6 +47,8 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from alloy.errors import AlloyError
+from alloy.evaluation.passk import is_repeat_metric, repeat_metric_error
+from alloy.evaluation.task_metrics import reported_metrics
 from alloy.merge.groups import GROUPS
 
 DEFAULT_SCOPE = "default"
@@ -854,14 +856,6 @@ def _known_tasks() -> Any:
     return TASKS
 
 
-def _reported_metrics(task: str) -> Any:
-    try:
-        from alloy.evaluation.task_metrics import reported_metrics
-    except ImportError:
-        return None
-    return reported_metrics(task)
-
-
 def _parse_objectives(raw: Any, evaluation: Evaluation, source: str) -> tuple[Objective, ...]:
     if isinstance(raw, (str, Mapping)):
         raw = [raw]
@@ -884,10 +878,14 @@ def _parse_objectives(raw: Any, evaluation: Evaluation, source: str) -> tuple[Ob
                              f"evaluation.tasks {list(evaluation.tasks)} nor a token statistic {list(TOKEN_METRICS)}")
         if task is not None and task not in evaluation.tasks:
             raise AlloyError(f"{source}: {where}.metric: task '{task}' is not in evaluation.tasks")
-        reported = _reported_metrics(task) if task is not None else None
-        if reported is not None and metric not in reported:
-            raise AlloyError(f"{source}: {where}.metric: task '{task}' reports no '{metric}'; it reports "
-                             f"{list(reported)}")
+        if task is not None:
+            name = metric.split("/", 1)[1]
+            problem = repeat_metric_error(name, evaluation.repeats)
+            if problem:
+                raise AlloyError(f"{source}: {where}.metric: '{metric}': {problem}")
+            if not is_repeat_metric(name) and metric not in reported_metrics(task):
+                raise AlloyError(f"{source}: {where}.metric: task '{task}' reports no '{metric}'; it reports "
+                                 f"{list(reported_metrics(task))} (and pass@k / avg@n with evaluation.repeats)")
         direction = item.get("direction", "minimize" if is_token_metric(metric) else "maximize")
         direction = {"max": "maximize", "min": "minimize"}.get(direction, direction)
         if direction not in ("maximize", "minimize"):

@@ -1,8 +1,8 @@
 """lm-eval glue for aime24 / aime25; the logic lives in alloy.evaluation."""
-from alloy.evaluation.answers import aime_score, keep_all_responses, mean_score
-from alloy.evaluation.datasets import math_record, ordered_docs
+from alloy.evaluation.answers import aime_score, keep_all_responses, repeat_scores
+from alloy.evaluation.datasets import load_task_dataset, math_record, ordered_docs
 
-__all__ = ["keep_all_responses", "process_docs", "process_results"]
+__all__ = ["keep_all_responses", "load_task_dataset", "process_docs", "process_results"]
 
 
 def process_docs(dataset):
@@ -11,5 +11,5 @@ def process_docs(dataset):
 
 
 def process_results(doc, results):
-    """exact_match averaged over the doc's responses."""
-    return {"exact_match": mean_score(results, lambda response: aime_score(response, doc["answer"]))}
+    """exact_match averaged over the doc's responses (its avg@n) and pass@k for k <= n."""
+    return repeat_scores(results, lambda response: aime_score(response, doc["answer"]))

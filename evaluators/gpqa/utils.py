@@ -1,8 +1,8 @@
 """lm-eval glue for gpqa_diamond; the logic lives in alloy.evaluation."""
 from alloy.evaluation.answers import gpqa_score, keep_all_responses, mean_score
-from alloy.evaluation.datasets import gpqa_records, ordered_docs
+from alloy.evaluation.datasets import gpqa_records, load_task_dataset, ordered_docs
 
-__all__ = ["keep_all_responses", "process_docs", "process_results"]
+__all__ = ["keep_all_responses", "load_task_dataset", "process_docs", "process_results"]
 
 
 def process_docs(dataset):
