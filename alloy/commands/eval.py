@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="requests generated together (hf backend)")
     parser.add_argument("--data-dir", help="read each task's documents from DIR/<task>.jsonl instead of the Hub")
     parser.add_argument("--evaluators", help="the lm-eval task folder (default: $ALLOY_EVALUATORS, else "
-                                             "evaluators/ of the source checkout)")
+                                             "the evaluators/ shipped with alloy)")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                         help="hf: transformers in this process (budget forcing); vllm: a vLLM engine (GPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the hf backend")

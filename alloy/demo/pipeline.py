@@ -19,8 +19,9 @@ from pathlib import Path
 import yaml
 
 from alloy.demo.domains import DOMAIN_TASKS
+from alloy.resources import shipped_folder
 
-SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
+SPACE = shipped_folder("search_spaces") / "demo.yaml"
 
 
 @dataclass(frozen=True)
