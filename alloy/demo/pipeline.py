@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from alloy.demo.domains import DOMAIN_TASKS
+from alloy.logs import say
 from alloy.resources import shipped_folder
 
 SPACE = shipped_folder("search_spaces") / "demo.yaml"
@@ -72,17 +73,17 @@ def prepare_models(out: Path, seed: int = 0, scale: DemoScale = DemoScale()) -> 
     traces = {domain: data / "traces" / f"{domain}.jsonl" for domain in DOMAIN_TASKS}
     if not all(p.is_file() for p in traces.values()) or not all(
             (data / "eval" / f"{task}.jsonl").is_file() for task in DOMAIN_TASKS.values()):
-        print("[1/4] writing the three synthetic domains")
+        say("[1/4] writing the three synthetic domains")
         write_domain_data(data, n_train=scale.n_train, n_eval=scale.n_eval, seed=seed)
-    print("[1/4] tiny tokenizer and MoE backbone (pre-trained on all three domains)")
+    say("[1/4] tiny tokenizer and MoE backbone (pre-trained on all three domains)")
     mix = [item.trace for domain in DOMAIN_TASKS for item in generate_domain(domain, scale.n_train, seed + 1)]
     backbone = build_backbone(out / "backbone", mix, seed=seed, steps=scale.backbone_steps)
-    print("[2/4] branch: one expert per domain (Ray Train)")
+    say("[2/4] branch: one expert per domain (Ray Train)")
     experts = branch(backbone, traces, out / "experts",
                      BranchSettings(epochs=scale.branch_epochs, lr=2e-3, batch_size=8, max_length=384,
                                     num_workers=2, seed=seed))
     for result in experts.values():
-        print(f"      {result.describe()}")
+        say(f"      {result.describe()}")
     return _space_for(out, scale)
 
 
@@ -132,15 +133,15 @@ def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = D
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"alloy demo: everything goes under {out.resolve()}")
+    say(f"alloy demo: everything goes under {out.resolve()}")
     space = prepare_models(out, seed, scale)
     sweep = out / "sweep"
-    print(f"[3/4] sweep: alloy sweep {space} --out {sweep}")
+    say(f"[3/4] sweep: alloy sweep {space} --out {sweep}")
     run_sweep(space, sweep, resume=(sweep / "study.db").is_file())
-    print("[4/4] leaderboard (each expert alone is a reference row)")
+    say("[4/4] leaderboard (each expert alone is a reference row)")
     table = read_leaderboard(sweep)
-    print(render_board(select_rows(table, top=10), table))
-    print(f"report: {write_report(sweep)}")
+    say(render_board(select_rows(table, top=10), table))
+    say(f"report: {write_report(sweep)}")
     result = verdict(sweep)
-    print(result.render())
+    say(result.render())
     return result

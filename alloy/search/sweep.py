@@ -3,7 +3,8 @@ with ASHA over the evaluation rungs; results land in the leaderboard as they com
 
 A sweep folder holds `space.yaml` (the space, parent paths resolved), `sweep.json` (the study's
 storage URL and name), `study.db` (the Optuna study, SQLite by default), `cache/` (scores by recipe
-hash and sample count), `tune/` (Ray Tune's experiment state) and `leaderboard.parquet`.
+hash and sample count), `tune/` (Ray Tune's experiment state), `leaderboard.parquet`, and `alloy.log`
+(what Ray and the libraries printed, when the sweep runs quietly: `alloy.logs`).
 
 Each trial evaluates its candidate at every rung in turn (reading the cache first) and reports once per
 rung; ASHA's time attribute is `asha_t` = reduction_factor ** rung, so its milestones fall exactly on
@@ -22,6 +23,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +32,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from alloy.io.atomic import atomic_write_text
+from alloy.logs import LOG_FILE, say
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
 from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard
@@ -61,9 +64,9 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
     started = not ray.is_initialized()
     if started:
         if address == "local":
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address)
     try:
         prepare_runner(space, out)
         with _env(TUNE_GLOBAL_CHECKPOINT_S=CHECKPOINT_PERIOD_S, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
@@ -94,7 +97,7 @@ def _prepare_folder(space: SearchSpace, out: Path, resume: bool, storage: str | 
         if storage is not None and storage != meta["storage"]:
             raise AlloyError(f"--storage {storage} differs from the study storage of this sweep ({meta['storage']})")
         return _open_storage(meta["storage"]), meta["study_name"]
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOG_FILE for p in out.iterdir()):
         raise AlloyError(f"output folder {out} is not empty; pass --resume to continue its sweep, or choose "
                          f"another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +167,7 @@ def _new_tuner(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume:
     if resume:  # the study outlived a driver that died before Tune saved its state
         trials -= sum(t.state.is_finished() for t in searcher.study.get_trials(deepcopy=False))
         if trials <= 0:
-            print(f"sweep in {out}: every trial is finished; nothing to resume", flush=True)
+            say(f"sweep in {out}: every trial is finished; nothing to resume")
             return None
     return tune.Tuner(
         _trainable(space, out),
@@ -236,6 +239,9 @@ class SweepSearch(OptunaSearch):
         points = [p for _, p in space.start_points()] if enqueue_start else None
         super().__init__(space=space.define_by_run, metric=metric, mode=mode, points_to_evaluate=points,
                          sampler=space.create_sampler(), study_name=study_name, storage=storage)
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(list(space.metrics))   # the objectives' names, for optuna-dashboard
         self._last_rung = len(space.evaluation.rungs) - 1
         self._orphans = self._find_orphans()
 
@@ -349,8 +355,8 @@ class SweepProgress(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         rows = [r for r in self._board.rows() if r["latest"]]
         counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "pruned", "failed")}
-        print(f"sweep finished: {counts['ok']} ok, {counts['pruned']} pruned, {counts['failed']} failed; "
-              f"leaderboard {Path(self.out) / FILENAME}", flush=True)
+        say(f"sweep finished: {counts['ok']} ok, {counts['pruned']} pruned, {counts['failed']} failed; "
+            f"leaderboard {Path(self.out) / FILENAME}")
 
     # ----------------------------------------------------------------------------------------------
     def _row(self, trial: Any, rung: int, status: str) -> dict:
@@ -376,9 +382,9 @@ class SweepProgress(tune.Callback):
         eta = "--"
         if self._finished_here:
             eta = _duration(elapsed / self._finished_here * max(0, self.total - done))
-        print(f"trial {row['trial']} [{row['recipe_hash'][:8]}] {what} {scores}{tokens} "
-              f"merge {_fmt(row.get('merge_s'))}s eval {_fmt(row.get('eval_s'))}s | {done}/{self.total} trials, "
-              f"elapsed {_duration(elapsed)}, ETA {eta}", flush=True)
+        say(f"trial {row['trial']} [{row['recipe_hash'][:8]}] {what} {scores}{tokens} "
+            f"merge {_fmt(row.get('merge_s'))}s eval {_fmt(row.get('eval_s'))}s | {done}/{self.total} trials, "
+            f"elapsed {_duration(elapsed)}, ETA {eta}")
 
 
 _LOG = logging.getLogger(__name__)
