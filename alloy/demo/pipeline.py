@@ -12,7 +12,6 @@ Everything goes under one folder; each step reuses what an earlier run left ther
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,16 +106,16 @@ def _space_for(out: Path, scale: DemoScale) -> Path:
 
 def verdict(sweep: Path) -> DemoVerdict:
     """Compare the best full-rung merge with each expert alone on the mean of the task objectives."""
-    from alloy.search.leaderboard import leaderboard_meta, read_leaderboard
+    from alloy.search.leaderboard import combined_score, leaderboard_meta, read_leaderboard, task_metrics
 
     table = read_leaderboard(sweep)
     meta = leaderboard_meta(table)
-    tasks = [o["metric"] for o in meta["objectives"] if o["direction"] == "maximize"]
+    tasks = task_metrics(meta["objectives"])
     full = max(meta["rungs"])
     rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["n_samples"] == full]
 
     def combined(row: dict) -> float:
-        return statistics.fmean(row[m] for m in tasks)
+        return combined_score(row, tasks)
 
     experts = {r["reference"].removeprefix("parent:"): combined(r) for r in rows
                if (r.get("reference") or "").startswith("parent:")}

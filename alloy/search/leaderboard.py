@@ -3,8 +3,8 @@
 Columns: `trial` (the Optuna trial number), `trial_id` (Ray Tune's), `recipe_hash`, `recipe` (canonical
 JSON), `status`, `error`, `rung` (0-based), `n_samples`, `latest` (the trial's last row), `cached`
 (scores reused from an identical recipe), `reference` (`parent:LABEL` / `uniform` for starting points),
-one column per objective named as in the search space, the output-token statistics, `merge_s`,
-`eval_s`, `finished_at` (unix seconds), `pareto`, and one `param.NAME` column per free coefficient.
+one column per objective named as in the search space (with its 95% interval `METRIC.lo`, `METRIC.hi`
+when the runner gives one), the output-token statistics, `merge_s`, `eval_s`, `finished_at` (unix seconds), `pareto`, and one `param.NAME` column per free coefficient.
 
 `status` is the trial's outcome, the same on each of its rows: `ok` (evaluated up to the last rung),
 `pruned` (stopped early by ASHA), `failed` (build or evaluation raised; `error` says why), or
@@ -26,6 +26,7 @@ from alloy.search.space import TOKEN_METRICS
 FILENAME = "leaderboard.parquet"
 STATUSES = ("ok", "pruned", "failed", "running")
 PARAM_PREFIX = "param."
+INTERVAL_SUFFIXES = (".lo", ".hi")  # a score's 95% interval: `aime24/exact_match.lo`, `.hi`
 _META_KEY = b"alloy.leaderboard"
 _BASE_COLUMNS = ("trial", "trial_id", "recipe_hash", "recipe", "status", "error", "rung", "n_samples", "latest",
                  "cached", "reference")
@@ -114,13 +115,19 @@ class Leaderboard:
 
         rows = self.rows()
         params = sorted({k for r in rows for k in r if k.startswith(PARAM_PREFIX)})
-        columns = [*_BASE_COLUMNS, *[m for m in self.metrics if m not in _TAIL_COLUMNS], *_TAIL_COLUMNS, *params]
+        keys = {k for r in rows for k in r}
+        scores = []
+        for m in self.metrics:
+            if m not in _TAIL_COLUMNS:
+                scores += [m, *(m + end for end in INTERVAL_SUFFIXES if m + end in keys)]
+        intervals = [c for c in scores if c not in self.metrics]
+        columns = [*_BASE_COLUMNS, *scores, *_TAIL_COLUMNS, *params]
         data = {c: [r.get(c) for r in rows] for c in columns}
         types = {"trial": pa.int64(), "rung": pa.int64(), "n_samples": pa.int64(), "latest": pa.bool_(),
                  "cached": pa.bool_(), "pareto": pa.bool_(), "finished_at": pa.float64()}
         for c in ("trial_id", "recipe_hash", "recipe", "status", "error", "reference"):
             types[c] = pa.string()
-        for c in (*self.metrics, *TOKEN_METRICS, "merge_s", "eval_s"):
+        for c in (*self.metrics, *intervals, *TOKEN_METRICS, "merge_s", "eval_s"):
             types[c] = pa.float64()
         arrays = []
         for c in columns:
@@ -152,6 +159,21 @@ class Leaderboard:
 
 def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def task_metrics(objectives: Sequence[Mapping[str, str]]) -> list[str]:
+    """The objectives that are task scores (not output-token statistics), in order."""
+    from alloy.search.space import is_token_metric
+
+    return [o["metric"] for o in objectives if not is_token_metric(o["metric"])]
+
+
+def combined_score(row: Mapping[str, Any], metrics: Sequence[str]) -> float | None:
+    """The combined score of a row: the mean of its task scores `metrics`; None when one is missing."""
+    values = [row.get(m) for m in metrics]
+    if not values or any(v is None or math.isnan(v) for v in values):
+        return None
+    return sum(values) / len(values)
 
 
 def leaderboard_path(sweep: str | Path) -> Path:

@@ -35,7 +35,7 @@ from alloy.io.atomic import atomic_write_text
 from alloy.logs import LOG_FILE, say
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
-from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard
+from alloy.search.leaderboard import FILENAME, INTERVAL_SUFFIXES, PARAM_PREFIX, Leaderboard
 from alloy.search.runner import check_runner, make_runner, prepare_runner
 from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
 
@@ -326,6 +326,8 @@ class SweepProgress(tune.Callback):
         for key in (*self.space.metrics, *TOKEN_METRICS, "merge_s", "eval_s"):
             value = result.get(key)
             row[key] = None if value is None else float(value)
+        row.update({m + end: float(result[m + end]) for m in self.space.metrics for end in INTERVAL_SUFFIXES
+                    if result.get(m + end) is not None})         # the scores' intervals, when the runner gives them
         self._board.upsert(row)
         self._board.write()
         self._print(row, f"rung {row['rung'] + 1}/{len(self.space.evaluation.rungs)} n={row['n_samples']}"
