@@ -3,14 +3,12 @@ terminal output holds no Ray-internal line."""
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import warnings
 
 import pytest
 
 from alloy.logs import LOG_FILE, quiet_output, say
-from tests.test_search_space import space_dict, write_space
 
 
 def test_quiet_output_sends_everything_but_say_to_the_log(tmp_path, capsys):
@@ -59,19 +57,13 @@ def test_verbose_redirects_nothing_and_failures_point_at_the_log(tmp_path, capsy
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sweep_terminal_output_has_no_ray_internals(tmp_path):
-    data = space_dict(objectives=["aime24/exact_match", "tokens_mean"])
-    data["search"] = {"sampler": "random", "seed": 0, "trials": 4, "concurrency": 2, "resources": {"cpu": 1},
-                      "reduction_factor": 2}
-    space = write_space(tmp_path, data)
-    run = subprocess.run([sys.executable, "-m", "alloy.cli", "sweep", str(space), "--out", "sweep", "--num-cpus", "2"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_sweep_terminal_output_has_no_ray_internals(cli_sweep):
+    sweep, run = cli_sweep
     assert run.stderr == ""
     lines = [line for line in run.stdout.splitlines() if line.strip()]
-    assert sum(line.startswith("trial ") for line in lines) >= 4
+    assert sum(line.startswith("trial ") for line in lines) >= 5
     strays = [line for line in lines if not line.startswith(("trial ", "sweep finished: ", "leaderboard: "))]
     assert strays == []
-    log = (tmp_path / "sweep" / LOG_FILE).read_text()
+    log = (sweep / LOG_FILE).read_text()
     assert "Started a local Ray instance" in log and "Configuration for experiment" in log
     assert "sweep finished: " in log                              # alloy's lines are in the log too
