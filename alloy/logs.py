@@ -5,7 +5,8 @@ libraries print lands there: Ray's worker logs (which `ray.init(log_to_driver=Tr
 driver's streams), Ray Tune's and Ray Train's reports, lm-eval's and transformers' progress bars, and
 every warning. Logging handlers that a library pointed at the
 terminal before the block (Ray's own) write to the file for the duration. alloy's lines go to the
-terminal through `say`, and are copied into the log so that it tells the whole story in order.
+terminal through `say`, and are copied into the log so that it tells the whole story in order;
+`progress_bar` draws on the terminal too.
 With `verbose=True` nothing is redirected.
 
 `alloy demo`, `sweep`, `branch` and `eval` run this way; `-v/--verbose` brings the output back.
@@ -20,11 +21,11 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import IO, Iterator, TextIO
+from typing import IO, Any, Iterator, TextIO
 
 LOG_FILE = "alloy.log"
 
-_terminal: list[TextIO] = []       # the terminal streams of the quiet blocks we are in, innermost last
+_terminal: list[tuple[TextIO, TextIO]] = []  # (stdout, stderr) of the quiet blocks we are in, innermost last
 _log: list["_LazyFile"] = []       # their log files
 
 
@@ -39,12 +40,22 @@ def say(*parts: object, end: str = "\n") -> None:
     """Print one of alloy's own progress lines: on the terminal, even inside `quiet_output`, and into
     the log file when there is one."""
     text = " ".join(str(p) for p in parts) + end
-    stream = _terminal[-1] if _terminal else sys.stdout
+    stream = _terminal[-1][0] if _terminal else sys.stdout
     stream.write(text)
     stream.flush()
     if _log:
         _log[-1].write(text)
         _log[-1].flush()
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", disable: bool = False) -> Any:
+    """A tqdm bar for long work, drawn on the terminal's stderr (even inside `quiet_output`) and only
+    when that is a terminal: never in a Ray worker's log or in captured output."""
+    from tqdm.auto import tqdm
+
+    stream = _terminal[-1][1] if _terminal else sys.stderr
+    return tqdm(total=total, desc=desc, unit=unit, file=stream, leave=False, dynamic_ncols=True,
+                disable=True if disable else None)
 
 
 @contextlib.contextmanager
@@ -59,7 +70,7 @@ def quiet_output(log_file: str | Path, verbose: bool = False) -> Iterator[Path |
     log = _LazyFile(path)
     terminal, errors = sys.stdout, sys.stderr
     moved = _point_handlers({id(terminal), id(errors), id(sys.__stdout__), id(sys.__stderr__)}, log)
-    _terminal.append(terminal)
+    _terminal.append((terminal, errors))
     _log.append(log)
     sys.stdout = sys.stderr = log
     shown = warnings.showwarning

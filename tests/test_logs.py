@@ -67,3 +67,28 @@ def test_sweep_terminal_output_has_no_ray_internals(cli_sweep):
     log = (sweep / LOG_FILE).read_text()
     assert "Started a local Ray instance" in log and "Configuration for experiment" in log
     assert "sweep finished: " in log                              # alloy's lines are in the log too
+
+
+def test_progress_bar_draws_on_the_terminal_only(tmp_path, capsys):
+    import io
+
+    from alloy.logs import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stderr", terminal)
+        with quiet_output(tmp_path / LOG_FILE):
+            with progress_bar(4, "generating", unit="answer") as bar:
+                bar.update(4)
+            with progress_bar(4, "generating", disable=True) as hidden:
+                hidden.update(4)
+    drawn = terminal.getvalue()
+    assert drawn.count("generating: ") >= 1 and "0/4" in drawn and "answer" in drawn
+    assert not (tmp_path / LOG_FILE).exists()                     # the bar is not in the log
+    with progress_bar(2, "captured") as bar:                     # not a terminal: no bar at all
+        bar.update(2)
+    assert "captured" not in capsys.readouterr().err
