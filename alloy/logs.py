@@ -101,8 +101,9 @@ def _point_handlers(streams: set[int], target: IO[str]) -> list[tuple[logging.St
                                       if isinstance(v, logging.Logger))]
     for logger in loggers:
         for handler in logger.handlers:
+            settable = "stream" in vars(handler)     # not logging's last-resort handler, whose stream is sys.stderr
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
-                    and id(handler.stream) in streams:
+                    and settable and id(handler.stream) in streams:
                 moved.append((handler, handler.setStream(target)))
     return moved
 
