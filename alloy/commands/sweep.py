@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from alloy.logs import add_verbose_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("space", nargs="?", help="the search-space YAML file")
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long to wait for the cluster to offer the workers' resources (default 600)")
     parser.add_argument("--cleanup", metavar="DIR", default=None,
                         help="remove the parent stores, workers and pool of the sweep in DIR from the cluster")
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from alloy.errors import AlloyError
     from alloy.search.runner import DEFAULT_PLACEMENT_TIMEOUT_S
+    from alloy.logs import LOG_FILE, quiet_output
     from alloy.search.space import load_space
     from alloy.search.sweep import cleanup_sweep, run_sweep
 
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if timeout <= 0:
         raise AlloyError(f"--placement-timeout {args.placement_timeout:g}: give a positive number of seconds")
     out = args.out or str(Path("sweeps") / load_space(args.space).name)
-    path = run_sweep(args.space, out, address=args.address or "local", resume=args.resume, storage=args.storage,
-                     num_cpus=args.num_cpus, keep_store=args.keep_store, placement_timeout_s=timeout)
+    with quiet_output(Path(out) / LOG_FILE, args.verbose):
+        path = run_sweep(args.space, out, address=args.address or "local", resume=args.resume, storage=args.storage,
+                         num_cpus=args.num_cpus, keep_store=args.keep_store, placement_timeout_s=timeout)
     print(f"leaderboard: {path}  (see `alloy board {out}` and `alloy report {out}`)")
     return 0

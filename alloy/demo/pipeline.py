@@ -12,15 +12,16 @@ Everything goes under one folder; each step reuses what an earlier run left ther
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from alloy.demo.domains import DOMAIN_TASKS
+from alloy.logs import say
+from alloy.resources import shipped_folder
 
-SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
+SPACE = shipped_folder("search_spaces") / "demo.yaml"
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,17 @@ def prepare_models(out: Path, seed: int = 0, scale: DemoScale = DemoScale()) -> 
     traces = {domain: data / "traces" / f"{domain}.jsonl" for domain in DOMAIN_TASKS}
     if not all(p.is_file() for p in traces.values()) or not all(
             (data / "eval" / f"{task}.jsonl").is_file() for task in DOMAIN_TASKS.values()):
-        print("[1/4] writing the three synthetic domains")
+        say("[1/4] writing the three synthetic domains")
         write_domain_data(data, n_train=scale.n_train, n_eval=scale.n_eval, seed=seed)
-    print("[1/4] tiny tokenizer and MoE backbone (pre-trained on all three domains)")
+    say("[1/4] tiny tokenizer and MoE backbone (pre-trained on all three domains)")
     mix = [item.trace for domain in DOMAIN_TASKS for item in generate_domain(domain, scale.n_train, seed + 1)]
     backbone = build_backbone(out / "backbone", mix, seed=seed, steps=scale.backbone_steps)
-    print("[2/4] branch: one expert per domain (Ray Train)")
+    say("[2/4] branch: one expert per domain (Ray Train)")
     experts = branch(backbone, traces, out / "experts",
                      BranchSettings(epochs=scale.branch_epochs, lr=2e-3, batch_size=8, max_length=384,
                                     num_workers=2, seed=seed))
     for result in experts.values():
-        print(f"      {result.describe()}")
+        say(f"      {result.describe()}")
     return _space_for(out, scale)
 
 
@@ -106,17 +107,17 @@ def _space_for(out: Path, scale: DemoScale) -> Path:
 def verdict(sweep: Path) -> DemoVerdict:
     """Compare the best merge with each expert alone on the mean of the task objectives: on the confirmed
     scores when the sweep ran its confirmation, else at the full rung."""
-    from alloy.search.leaderboard import leaderboard_meta, read_leaderboard
+    from alloy.search.leaderboard import combined_score, leaderboard_meta, read_leaderboard, task_metrics
 
     table = read_leaderboard(sweep)
     meta = leaderboard_meta(table)
-    tasks = [o["metric"] for o in meta["objectives"] if o["direction"] == "maximize"]
+    tasks = task_metrics(meta["objectives"])
     ok = [r for r in table.to_pylist() if r["status"] == "ok"]
     confirmed = [r for r in ok if r["rung"] == len(meta["rungs"])]
     rows = confirmed or [r for r in ok if r["rung"] == len(meta["rungs"]) - 1]
 
     def combined(row: dict) -> float:
-        return statistics.fmean(row[m] for m in tasks)
+        return combined_score(row, tasks)
 
     experts = {r["reference"].removeprefix("parent:"): combined(r) for r in rows
                if (r.get("reference") or "").startswith("parent:")}
@@ -133,15 +134,15 @@ def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = D
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"alloy demo: everything goes under {out.resolve()}")
+    say(f"alloy demo: everything goes under {out.resolve()}")
     space = prepare_models(out, seed, scale)
     sweep = out / "sweep"
-    print(f"[3/4] sweep: alloy sweep {space} --out {sweep}")
+    say(f"[3/4] sweep: alloy sweep {space} --out {sweep}")
     run_sweep(space, sweep, resume=(sweep / "study.db").is_file())
-    print("[4/4] leaderboard (each expert alone is a reference row)")
+    say("[4/4] leaderboard (each expert alone is a reference row)")
     table = read_leaderboard(sweep)
-    print(render_board(select_rows(table, top=10), table))
-    print(f"report: {write_report(sweep)}")
+    say(render_board(select_rows(table, top=10), table))
+    say(f"report: {write_report(sweep)}")
     result = verdict(sweep)
-    print(result.render())
+    say(result.render())
     return result

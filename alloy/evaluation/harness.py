@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Iterator, Mapping, Sequence
 from alloy.errors import AlloyError
 from alloy.evaluation.intervals import bootstrap, score_interval
 from alloy.evaluation.passk import PASS_KS, pass_at_k
+from alloy.resources import shipped_folder
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -41,10 +42,10 @@ _MAX_TOKEN_ALIASES = ("max_new_tokens", "max_tokens", "max_completion_tokens")
 
 
 def evaluators_dir(path: str | Path | None = None) -> Path:
-    """The lm-eval task folder: `path` if given, else $ALLOY_EVALUATORS, else `evaluators/` next to
-    the alloy package (a source checkout)."""
+    """The lm-eval task folder: `path` if given, else $ALLOY_EVALUATORS, else the `evaluators/` shipped
+    with alloy (inside the installed package, or at the top of a source checkout)."""
     if path is None:
-        path = os.environ.get(EVALUATORS_ENV) or Path(__file__).resolve().parents[2] / "evaluators"
+        path = os.environ.get(EVALUATORS_ENV) or shipped_folder("evaluators")
     folder = Path(path)
     if not folder.is_dir():
         raise AlloyError(f"evaluation task folder {folder} does not exist; pass the evaluators folder "

@@ -34,6 +34,7 @@ from transformers.generation.logits_process import (MinPLogitsWarper, Repetition
                                                     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from alloy.errors import AlloyError
+from alloy.logs import progress_bar
 
 DEFAULT_THINK_START = "<think>"
 DEFAULT_THINK_END = "</think>"
@@ -403,8 +404,10 @@ class ThinkingHFLM(HFLM):
         collator = Collator(items, sort_fn=lambda item: (-len(self.tok_encode(item[0])), item[0]),
                             group_by="gen_kwargs", group_fn=lambda item: item[1])
         outputs = []
-        for chunk in collator.get_batched(n=self.batch_size):
-            outputs.extend(self._generate_batch(chunk, requests))
+        with progress_bar(len(items), "generating", unit="answer", disable=disable_tqdm) as bar:
+            for chunk in collator.get_batched(n=self.batch_size):
+                outputs.extend(self._generate_batch(chunk, requests))
+                bar.update(len(chunk))
         outputs = collator.get_original(outputs)
         for req, (response, record) in zip(requests, outputs, strict=True):
             self.records[(req.task_name, req.doc_id)].append(record)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from alloy.logs import say
 from alloy.search.cache import ResultCache
 from alloy.search.leaderboard import FILENAME, Leaderboard, interval_columns, pareto_mask
 from alloy.search.records import SweepRecords
@@ -74,8 +75,8 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
     if not candidates:
         return []
     n = space.search.confirm_samples
-    print(f"confirming {len(candidates)} candidates on {n} samples: trials "
-          f"{', '.join(str(r['trial']) for r in candidates)}", flush=True)
+    say(f"confirming {len(candidates)} candidates on {n} samples: trials "
+          f"{', '.join(str(r['trial']) for r in candidates)}")
     cache = ResultCache(out / "cache")
     runner = make_runner(space, out)
 

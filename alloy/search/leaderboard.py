@@ -38,6 +38,7 @@ from alloy.search.space import TOKEN_METRICS
 FILENAME = "leaderboard.parquet"
 STATUSES = ("ok", "pruned", "failed", "running")
 PARAM_PREFIX = "param."
+INTERVAL_SUFFIXES = (".lo", ".hi")  # a score's 95% interval: `aime24/exact_match.lo`, `.hi`
 _META_KEY = b"alloy.leaderboard"
 _BASE_COLUMNS = ("trial", "trial_id", "recipe_hash", "recipe", "status", "error", "rung", "n_samples", "latest",
                  "cached", "reference")
@@ -48,7 +49,7 @@ def interval_columns(metrics: Sequence[str]) -> list[str]:
     """The interval columns (`METRIC.lo`, `METRIC.hi`) of the score objectives among `metrics`."""
     from alloy.search.space import is_token_metric
 
-    return [f"{m}.{end}" for m in metrics if not is_token_metric(m) for end in ("lo", "hi")]
+    return [m + end for m in metrics if not is_token_metric(m) for end in INTERVAL_SUFFIXES]
 
 
 def pareto_mask(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
@@ -190,6 +191,21 @@ class Leaderboard:
 
 def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def task_metrics(objectives: Sequence[Mapping[str, str]]) -> list[str]:
+    """The objectives that are task scores (not output-token statistics), in order."""
+    from alloy.search.space import is_token_metric
+
+    return [o["metric"] for o in objectives if not is_token_metric(o["metric"])]
+
+
+def combined_score(row: Mapping[str, Any], metrics: Sequence[str]) -> float | None:
+    """The combined score of a row: the mean of its task scores `metrics`; None when one is missing."""
+    values = [row.get(m) for m in metrics]
+    if not values or any(v is None or math.isnan(v) for v in values):
+        return None
+    return sum(values) / len(values)
 
 
 def leaderboard_path(sweep: str | Path) -> Path:

@@ -1,9 +1,12 @@
-"""The HTML report of a sweep: one self-contained file (inline SVG, no scripts, no network).
+"""The HTML report of a sweep: one self-contained file, interactive through Plotly (its JavaScript is
+inlined, so the file opens offline), and readable without JavaScript through its tables.
 
-Sections: the Pareto front (score against output tokens), the score against each free coefficient,
-the best recipes, parameter importances (Optuna's `get_param_importances` on the study, or the
-absolute rank correlation with the score when the study cannot give them), and how much evaluation
-ASHA saved (samples evaluated against every trial evaluated at the full rung).
+Sections: a Pareto front for each task metric against each token objective (hover: trial, rung,
+scores with their intervals from the `.lo`/`.hi` columns, free coefficients; error bars from the same
+intervals); the combined score (the mean of the task objectives, as in the demo's verdict) against
+each free coefficient; parameter importances (Optuna's `get_param_importances` on the study for the
+combined score, or |Spearman ρ| with it on the leaderboard when the study cannot give them); how much
+evaluation ASHA saved; the best recipes; every trial.
 """
 from __future__ import annotations
 
@@ -15,12 +18,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alloy.io.atomic import atomic_write_text
-from alloy.search.leaderboard import PARAM_PREFIX, leaderboard_meta, read_leaderboard
+from alloy.search.leaderboard import (INTERVAL_SUFFIXES, PARAM_PREFIX, combined_score, leaderboard_meta, pareto_mask,
+                                      read_leaderboard, task_metrics)
 from alloy.search.space import is_token_metric
 
-_W, _H, _PAD = 560, 340, 52
-_SMALL_W, _SMALL_H = 300, 210
-_COLORS = {"ok": "#1f77b4", "pareto": "#d62728", "pruned": "#b0b0b0", "reference": "#2ca02c"}
+COMBINED = "combined score"
+_COLORS = {"full": "#1f77b4", "pareto": "#d62728", "pruned": "#a0a0a0", "reference": "#2ca02c"}
+_PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;font-size:13px;margin:6px 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+          "td.num{text-align:right}pre{font-size:12px;background:#f6f6f6;padding:6px}")
 
 
 def write_report(sweep: str | Path, out: str | Path | None = None) -> Path:
@@ -35,66 +42,276 @@ def write_report(sweep: str | Path, out: str | Path | None = None) -> Path:
 def render_report(table: Any, importances: dict[str, float] | None = None) -> str:
     """The report of a leaderboard table as an HTML page. `importances` (parameter → weight) come from
     the Optuna study; when None they are estimated from the leaderboard."""
-    meta = leaderboard_meta(table)
-    objectives = meta["objectives"]
-    rungs = meta["rungs"]
-    rows = table.to_pylist()
-    latest = [r for r in rows if r["latest"]]
-    full = [r for r in latest if r["status"] == "ok" and r["n_samples"] == rungs[-1]]
-    score = next((o for o in objectives if not is_token_metric(o["metric"])), objectives[0])
-    tokens = next((o["metric"] for o in objectives if is_token_metric(o["metric"])), "tokens_mean")
-    params = [c for c in table.column_names if c.startswith(PARAM_PREFIX)]
-    if importances is None:
-        importances = correlation_importances(full, params, score["metric"])
+    from plotly.offline import get_plotlyjs
 
-    counts = {s: sum(r["status"] == s for r in latest) for s in ("ok", "pruned", "failed", "running")}
+    view = _View(table)
+    if importances is None:
+        scored = [dict(r, **{COMBINED: view.combined[r["trial"]]}) for r in view.full]
+        importances = correlation_importances(scored, view.params, COMBINED)
+    counts = {s: sum(r["status"] == s for r in view.latest) for s in ("ok", "pruned", "failed", "running")}
+    running = f", {counts['running']} running" if counts["running"] else ""
+    objectives = ", ".join(f"{_esc(o['metric'])} ({o['direction']})" for o in view.objectives)
     parts = [
-        f"<h1>Sweep report</h1><p>{len(latest)} trials: {counts['ok']} ok, {counts['pruned']} pruned by ASHA, "
-        f"{counts['failed']} failed{', ' + str(counts['running']) + ' running' if counts['running'] else ''}. "
-        f"Objectives: {', '.join(_esc(o['metric']) + ' (' + o['direction'] + ')' for o in objectives)}. "
-        f"Rungs: {rungs} samples.</p>",
+        "<h1>Sweep report</h1>",
+        f"<p>{len(view.latest)} trials: {counts['ok']} ok, {counts['pruned']} pruned by ASHA, {counts['failed']} "
+        f"failed{running}. Objectives: {objectives}. Rungs: {view.rungs} samples. The combined score is the "
+        f"mean of {', '.join(map(_esc, view.tasks)) or 'no task objective'}.</p>",
+        "<noscript><p><b>The plots need JavaScript.</b> The tables below hold the same numbers.</p></noscript>",
         "<h2>Pareto front</h2>",
-        _front_svg(latest, score["metric"], tokens, rungs[-1]),
         "<p>Each point is a trial at its last rung: blue = evaluated at the full rung, red = on the Pareto front "
-        "of the objectives, grey = stopped early by ASHA, green label = a starting point.</p>",
-        "<h2>Score against each free coefficient</h2>",
-        _coefficient_plots(latest, params, score["metric"], rungs[-1]),
-        "<h2>Best recipes</h2>",
-        _best_table(full, objectives, score, tokens),
+        "of all objectives, grey = stopped early by ASHA; the dashed line is the front of the two plotted "
+        "objectives; bars are the scores' 95% intervals. Hover a point for its trial, scores and recipe "
+        "coefficients.</p>",
+        _front_plots(view),
+        "<h2>Combined score against each free coefficient</h2>",
+        _slice_plots(view),
         "<h2>Parameter importances</h2>",
-        _importance_bars(importances),
+        _importance_plot(importances),
         "<h2>Evaluation saved by ASHA</h2>",
-        _savings(rows, latest, rungs),
+        _savings(view),
+        "<h2>Best recipes</h2>",
+        _best_table(view),
+        "<h2>Every trial</h2>",
+        _trials_table(view),
     ]
-    failed = [r for r in latest if r["status"] == "failed"]
+    failed = [r for r in view.latest if r["status"] == "failed"]
     if failed:
         parts.append("<h2>Failed trials</h2><ul>" + "".join(
             f"<li>trial {r['trial']}: {_esc(r['error'] or '')}</li>" for r in failed) + "</ul>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "svg{background:#fff;margin:4px}pre{font-size:12px;background:#f6f6f6;padding:6px}"
-             ".grid{display:flex;flex-wrap:wrap}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>alloy sweep report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+            f"<style>{_STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
+            f"<body>{''.join(parts)}</body></html>")
 
 
 def correlation_importances(rows: Sequence[dict], params: Sequence[str], metric: str) -> dict[str, float]:
     """|Spearman rank correlation| of each numeric parameter with `metric`, normalized to sum 1."""
+    from scipy.stats import spearmanr
+
     out = {}
     for p in params:
-        pairs = [(r[p], r[metric]) for r in rows if isinstance(r.get(p), (int, float)) and _finite(r.get(metric))
-                 and _finite(r.get(p))]
-        if len(pairs) < 3:
+        pairs = [(r.get(p), r.get(metric)) for r in rows if _finite(r.get(p)) and _finite(r.get(metric))]
+        if len(pairs) < 3 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
             continue
-        rho = _pearson(_ranks([a for a, _ in pairs]), _ranks([b for _, b in pairs]))
-        out[p[len(PARAM_PREFIX):]] = abs(rho)
+        out[p[len(PARAM_PREFIX):]] = abs(float(spearmanr([x for x, _ in pairs], [y for _, y in pairs]).statistic))
     total = sum(out.values())
     return {k: v / total for k, v in sorted(out.items(), key=lambda kv: -kv[1])} if total > 0 else out
 
 
 # --------------------------------------------------------------------------------------------------
+class _View:
+    """What the sections read from a leaderboard: rows, objectives, the combined score per trial."""
+
+    def __init__(self, table: Any):
+        meta = leaderboard_meta(table)
+        self.objectives: list[dict] = meta["objectives"]
+        self.rungs: list[int] = meta["rungs"]
+        self.rows: list[dict] = table.to_pylist()
+        self.columns: list[str] = table.column_names
+        self.latest = [r for r in self.rows if r["latest"]]
+        self.full = [r for r in self.latest if r["status"] == "ok" and r["n_samples"] == self.rungs[-1]]
+        self.tasks = task_metrics(self.objectives)
+        self.tokens = [o["metric"] for o in self.objectives if is_token_metric(o["metric"])] or ["tokens_mean"]
+        self.params = [c for c in self.columns if c.startswith(PARAM_PREFIX)]
+        self.combined = {r["trial"]: combined_score(r, self.tasks) for r in self.latest}
+        self.direction = {o["metric"]: o["direction"] for o in self.objectives}
+
+    def interval(self, row: dict, metric: str) -> tuple[float, float] | None:
+        lo, hi = (row.get(metric + end) for end in INTERVAL_SUFFIXES)
+        return (lo, hi) if _finite(lo) and _finite(hi) else None
+
+    def score_text(self, row: dict, metric: str) -> str:
+        """`0.512 [0.41, 0.61]`: a score with its interval when the leaderboard has one."""
+        interval = self.interval(row, metric)
+        return _num(row.get(metric)) + (f" [{_num(interval[0])}, {_num(interval[1])}]" if interval else "")
+
+    def hover(self, row: dict) -> str:
+        """The hover text of a trial: trial, rung, status, scores with intervals, free coefficients."""
+        lines = [f"<b>trial {row['trial']}</b> [{_esc(row['recipe_hash'][:8])}] {row['status']}"
+                 + (f" · {_esc(row['reference'])}" if row.get("reference") else ""),
+                 f"rung {row['rung'] + 1}/{len(self.rungs)}, n={row['n_samples']}"]
+        lines += [f"{_esc(m)}: {self.score_text(row, m)}" for m in self.shown_metrics()]
+        if len(self.tasks) > 1:
+            lines.append(f"{COMBINED}: {_num(self.combined.get(row['trial']))}")
+        lines += [f"{_esc(p[len(PARAM_PREFIX):])} = {_esc(_value(row.get(p)))}" for p in self.params
+                  if row.get(p) is not None]
+        return "<br>".join(lines)
+
+    def shown_metrics(self) -> list[str]:
+        metrics = [o["metric"] for o in self.objectives]
+        return metrics + [t for t in ("tokens_mean",) if t not in metrics and t in self.columns]
+
+    def kind(self, row: dict) -> str:
+        if row["pareto"]:
+            return "pareto"
+        return "full" if row["status"] == "ok" and row["n_samples"] == self.rungs[-1] else "pruned"
+
+
+def _figure_html(fig: Any, div_id: str) -> str:
+    import plotly.io as pio
+
+    fig.update_layout(template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, config=_PLOT_CONFIG, div_id=div_id)
+
+
+def _front_plots(view: _View) -> str:
+    import plotly.graph_objects as go
+
+    plots = []
+    for metric in view.tasks or [o["metric"] for o in view.objectives]:
+        for tokens in view.tokens:
+            points = [r for r in view.latest if _finite(r.get(metric)) and _finite(r.get(tokens))]
+            if not points:
+                continue
+            fig = go.Figure()
+            for kind, name in (("pruned", "stopped early by ASHA"), ("full", "full rung"),
+                               ("pareto", "Pareto front (all objectives)")):
+                group = [r for r in points if view.kind(r) == kind]
+                if group:
+                    fig.add_trace(_scatter(view, group, metric, tokens, kind, name))
+            full = [r for r in points if view.kind(r) != "pruned"]
+            directions = [view.direction.get(metric, "maximize"), view.direction.get(tokens, "minimize")]
+            front = sorted((r for r, on in zip(full, pareto_mask([[r[metric], r[tokens]] for r in full], directions))
+                            if on), key=lambda r: r[tokens])
+            if len(front) > 1:
+                fig.add_trace(go.Scatter(x=[r[tokens] for r in front], y=[r[metric] for r in front], mode="lines",
+                                         line={"color": _COLORS["pareto"], "dash": "dash", "shape": "hv"},
+                                         name="front of this pair", hoverinfo="skip"))
+            fig.update_layout(title=f"{metric} against {tokens}", xaxis_title=tokens, yaxis_title=metric,
+                              height=440, legend={"orientation": "h", "y": -0.2})
+            plots.append(_figure_html(fig, f"front-{len(plots)}"))
+    if not plots:
+        return "<p>No trial has both a score and a token count yet.</p>"
+    return "".join(plots)
+
+
+def _scatter(view: _View, rows: Sequence[dict], metric: str, tokens: str, kind: str, name: str) -> Any:
+    import plotly.graph_objects as go
+
+    intervals = [view.interval(r, metric) for r in rows]
+    error_y = None
+    if any(intervals):
+        error_y = {"type": "data", "symmetric": False, "color": _COLORS[kind], "thickness": 1,
+                   "array": [i[1] - r[metric] if i else None for r, i in zip(rows, intervals)],
+                   "arrayminus": [r[metric] - i[0] if i else None for r, i in zip(rows, intervals)]}
+    labels = [(r.get("reference") or "") for r in rows]
+    return go.Scatter(x=[r[tokens] for r in rows], y=[r[metric] for r in rows], name=name,
+                      mode="markers+text" if any(labels) else "markers", text=labels, textposition="top right",
+                      textfont={"color": _COLORS["reference"], "size": 11}, error_y=error_y,
+                      marker={"color": _COLORS[kind], "size": 9 if kind == "pareto" else 7},
+                      hovertext=[view.hover(r) for r in rows], hoverinfo="text")
+
+
+def _slice_plots(view: _View) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    params = [p for p in view.params if any(r.get(p) is not None and _finite(view.combined.get(r["trial"]))
+                                            for r in view.latest)]
+    if not params:
+        return ("<p>The space has no free coefficients.</p>" if not view.params
+                else "<p>No trial has a combined score yet.</p>")
+    cols = min(3, len(params))
+    rows_n = math.ceil(len(params) / cols)
+    fig = make_subplots(rows=rows_n, cols=cols, shared_yaxes=True, horizontal_spacing=0.06,
+                        vertical_spacing=0.5 / rows_n, subplot_titles=[p[len(PARAM_PREFIX):] for p in params])
+    for i, p in enumerate(params):
+        row, col = divmod(i, cols)
+        for kind, name in (("pruned", "stopped early by ASHA"), ("full", "full rung")):
+            group = [r for r in view.latest if r.get(p) is not None and _finite(view.combined.get(r["trial"]))
+                     and (view.kind(r) == "pruned") == (kind == "pruned")]
+            if not group:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[r[p] for r in group], y=[view.combined[r["trial"]] for r in group], mode="markers", name=name,
+                showlegend=False, marker={"color": _COLORS[kind], "size": 6},
+                hovertext=[view.hover(r) for r in group], hoverinfo="text"), row=row + 1, col=col + 1)
+    fig.update_yaxes(title_text=COMBINED, col=1)
+    fig.update_layout(height=300 * rows_n + 60)
+    return ("<p>Each point is a trial at its last rung, its combined score against one coefficient: blue = "
+            "evaluated at the full rung, grey = stopped early by ASHA (scored on fewer samples).</p>"
+            + _figure_html(fig, "slices"))
+
+
+def _importance_plot(importances: dict[str, float]) -> str:
+    import plotly.graph_objects as go
+
+    if not importances:
+        return "<p>Not enough trials evaluated at the full rung to estimate importances.</p>"
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
+                           marker={"color": _COLORS["full"]}, text=[f"{v:.2f}" for _, v in items],
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(height=120 + 28 * len(items), xaxis_title=f"importance for the {COMBINED}")
+    table = "".join(f"<tr><td>{_esc(k)}</td><td class='num'>{v:.3f}</td></tr>" for k, v in reversed(items))
+    return (_figure_html(fig, "importances")
+            + f"<details><summary>as a table</summary><table><tr><th>parameter</th><th>importance</th></tr>"
+              f"{table}</table></details>")
+
+
+def _savings(view: _View) -> str:
+    import plotly.graph_objects as go
+
+    trials = [r for r in view.latest if r["status"] != "failed"]
+    by_trial: dict[int, list[dict]] = {}
+    for r in view.rows:
+        by_trial.setdefault(r["trial"], []).append(r)
+    # a trial's rungs are nested question subsets (rung 2n re-uses rung n's answers): it evaluates as many
+    # samples as its largest rung it did not take from the cache
+    evaluated = sum(max((r["n_samples"] for r in by_trial[t["trial"]] if not r["cached"]), default=0) for t in trials)
+    reused = sum(max((r["n_samples"] for r in by_trial[t["trial"]] if r["cached"]), default=0) for t in trials)
+    all_full = len(trials) * view.rungs[-1]
+    saved = 1.0 - evaluated / all_full if all_full else 0.0
+    eval_s = sum(r["eval_s"] or 0.0 for r in view.rows if not r["cached"])
+    text = (f"<p>Samples evaluated: <b>{evaluated}</b> ({reused} more reused from identical recipes). Evaluating "
+            f"all {len(trials)} trials at the full rung ({view.rungs[-1]} samples) would take <b>{all_full}</b>: "
+            f"ASHA saved <b>{saved:.0%}</b> of the evaluation. Evaluation time spent: {eval_s:.1f} s.</p>")
+    reached = [sum(1 for r in view.rows if r["rung"] == k and r["status"] != "failed") for k in range(len(view.rungs))]
+    labels = [f"rung {k + 1}: n={n}" for k, n in enumerate(view.rungs)]
+    fig = go.Figure(go.Bar(x=labels, y=reached, marker={"color": _COLORS["full"]}, text=reached,
+                           hovertemplate="%{x}: %{y} trials<extra></extra>"))
+    fig.update_layout(height=300, yaxis_title="trials evaluated", title="trials reaching each rung")
+    table = "".join(f"<tr><td>{label}</td><td class='num'>{n}</td></tr>" for label, n in zip(labels, reached))
+    return (text + _figure_html(fig, "savings")
+            + f"<table><tr><th>rung</th><th>trials evaluated</th></tr>{table}</table>")
+
+
+def _best_table(view: _View, top: int = 10) -> str:
+    if not view.full:
+        return "<p>No trial has been evaluated at the full rung yet.</p>"
+    ranked = [r for r in view.full if _finite(view.combined.get(r["trial"]))]
+    best = sorted(ranked, key=lambda r: -view.combined[r["trial"]])[:top] if view.tasks else view.full[:top]
+    metrics = view.shown_metrics()
+    head = "".join(f"<th>{_esc(m)}</th>" for m in metrics)
+    body = []
+    for r in best:
+        cells = "".join(f"<td class='num'>{view.score_text(r, m)}</td>" for m in metrics)
+        coefficients = {p[len(PARAM_PREFIX):]: r.get(p) for p in view.params if r.get(p) is not None}
+        recipe = json.dumps(json.loads(r["recipe"]), indent=1)
+        body.append(f"<tr><td>{r['trial']}</td><td>{'yes' if r['pareto'] else ''}</td>"
+                    f"<td class='num'>{_num(view.combined.get(r['trial']))}</td>{cells}"
+                    f"<td>{_esc(r.get('reference') or '')}</td><td><details><summary>{r['recipe_hash']}</summary>"
+                    f"<pre>{_esc(json.dumps(coefficients, indent=1))}</pre><pre>{_esc(recipe)}</pre></details></td></tr>")
+    return (f"<p>The best {len(best)} trials at the full rung by {COMBINED}; scores with their 95% intervals "
+            f"where the leaderboard has them.</p><table><tr><th>trial</th><th>Pareto</th><th>{COMBINED}</th>{head}"
+            f"<th>reference</th><th>coefficients and recipe</th></tr>" + "".join(body) + "</table>")
+
+
+def _trials_table(view: _View) -> str:
+    metrics = view.shown_metrics()
+    head = "".join(f"<th>{_esc(m)}</th>" for m in metrics)
+    body = "".join(
+        f"<tr><td>{r['trial']}</td><td>{r['status']}</td><td class='num'>{r['n_samples']}</td>"
+        f"<td>{'yes' if r['pareto'] else ''}</td><td class='num'>{_num(view.combined.get(r['trial']))}</td>"
+        + "".join(f"<td class='num'>{view.score_text(r, m)}</td>" for m in metrics)
+        + f"<td>{_esc(r.get('reference') or '')}</td></tr>"
+        for r in sorted(view.latest, key=lambda r: r["trial"]))
+    return (f"<details open><summary>{len(view.latest)} trials, each at its last rung</summary><table><tr><th>trial"
+            f"</th><th>status</th><th>n</th><th>Pareto</th><th>{COMBINED}</th>{head}<th>reference</th></tr>{body}"
+            f"</table></details>")
+
+
 def _study_importances(sweep: Path, table: Any) -> dict[str, float] | None:
-    """Optuna's importances on the sweep's study for the first score objective, or None."""
+    """Optuna's importances on the sweep's study for the combined score, or None."""
     meta_file = sweep / "sweep.json"
     if not meta_file.is_file():
         return None
@@ -102,180 +319,18 @@ def _study_importances(sweep: Path, table: Any) -> dict[str, float] | None:
 
     meta = json.loads(meta_file.read_text())
     objectives = leaderboard_meta(table)["objectives"]
-    index = next((i for i, o in enumerate(objectives) if not is_token_metric(o["metric"])), 0)
-    sign = -1.0 if objectives[index]["direction"] == "maximize" else 1.0  # the evaluator ranks low values
+    tasks = set(task_metrics(objectives))
+    indices = [i for i, o in enumerate(objectives) if o["metric"] in tasks] or [0]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[index])
+            found = optuna.importance.get_param_importances(
+                study, target=lambda t: sum(t.values[i] for i in indices) / len(indices))
     except (ValueError, RuntimeError, KeyError, ImportError):
         return None  # too few complete trials, or no common parameters
     return dict(found) or None
-
-
-def _front_svg(rows: Sequence[dict], score: str, tokens: str, full_n: int) -> str:
-    points = [r for r in rows if _finite(r.get(score)) and _finite(r.get(tokens))]
-    if not points:
-        return "<p>No trial has both a score and a token count yet.</p>"
-    xs, ys = [r[tokens] for r in points], [r[score] for r in points]
-    frame = _Frame(xs, ys, _W, _H)
-    out = [frame.axes(tokens, score)]
-    front = sorted((r for r in points if r["pareto"]), key=lambda r: r[tokens])
-    if len(front) > 1:
-        out.append("<polyline fill='none' stroke='#d62728' stroke-dasharray='4 3' points='"
-                   + " ".join(f"{frame.x(r[tokens]):.1f},{frame.y(r[score]):.1f}" for r in front) + "'/>")
-    for r in sorted(points, key=lambda r: (r["pareto"], r["status"] == "ok")):
-        color = _COLORS["pareto"] if r["pareto"] else _COLORS["ok"] if r["n_samples"] == full_n and \
-            r["status"] == "ok" else _COLORS["pruned"]
-        out.append(f"<circle cx='{frame.x(r[tokens]):.1f}' cy='{frame.y(r[score]):.1f}' r='4' fill='{color}'>"
-                   f"<title>trial {r['trial']} ({r['status']}, n={r['n_samples']}): {score}={r[score]:.4g}, "
-                   f"{tokens}={r[tokens]:.4g}</title></circle>")
-        if r.get("reference"):
-            out.append(f"<text x='{frame.x(r[tokens]) + 6:.1f}' y='{frame.y(r[score]) - 6:.1f}' font-size='11' "
-                       f"fill='{_COLORS['reference']}'>{_esc(r['reference'])}</text>")
-    return frame.svg("".join(out))
-
-
-def _coefficient_plots(rows: Sequence[dict], params: Sequence[str], score: str, full_n: int) -> str:
-    if not params:
-        return "<p>The space has no free coefficients.</p>"
-    plots = []
-    for p in params:
-        points = [r for r in rows if r.get(p) is not None and _finite(r.get(score))]
-        if not points:
-            continue
-        categorical = any(isinstance(r[p], str) for r in points)
-        categories = sorted({str(r[p]) for r in points}) if categorical else []
-        xs = [categories.index(str(r[p])) if categorical else r[p] for r in points]
-        frame = _Frame(xs, [r[score] for r in points], _SMALL_W, _SMALL_H, categories=categories)
-        dots = "".join(
-            f"<circle cx='{frame.x(x):.1f}' cy='{frame.y(r[score]):.1f}' r='3' fill='"
-            f"{_COLORS['ok'] if r['status'] == 'ok' and r['n_samples'] == full_n else _COLORS['pruned']}'>"
-            f"<title>trial {r['trial']}: {_esc(str(r[p]))}</title></circle>" for x, r in zip(xs, points))
-        plots.append(frame.svg(frame.axes(p[len(PARAM_PREFIX):], score) + dots))
-    return "<div class='grid'>" + "".join(plots) + "</div>"
-
-
-def _best_table(rows: Sequence[dict], objectives: Sequence[dict], score: dict, tokens: str, top: int = 10) -> str:
-    if not rows:
-        return "<p>No trial has been evaluated at the full rung yet.</p>"
-    sign = -1.0 if score["direction"] == "maximize" else 1.0
-    best = sorted((r for r in rows if _finite(r.get(score["metric"]))), key=lambda r: sign * r[score["metric"]])[:top]
-    metrics = [o["metric"] for o in objectives] + ([] if tokens in [o["metric"] for o in objectives] else [tokens])
-    head = "".join(f"<th>{_esc(m)}</th>" for m in metrics)
-    body = []
-    for r in best:
-        cells = "".join(f"<td>{_num(r.get(m))}</td>" for m in metrics)
-        recipe = json.dumps(json.loads(r["recipe"]), indent=1)
-        body.append(f"<tr><td>{r['trial']}</td><td>{'yes' if r['pareto'] else ''}</td>{cells}"
-                    f"<td>{_esc(r.get('reference') or '')}</td><td><details><summary>{r['recipe_hash']}</summary>"
-                    f"<pre>{_esc(recipe)}</pre></details></td></tr>")
-    return (f"<table><tr><th>trial</th><th>Pareto</th>{head}<th>reference</th><th>recipe</th></tr>"
-            + "".join(body) + "</table>")
-
-
-def _importance_bars(importances: dict[str, float]) -> str:
-    if not importances:
-        return "<p>Not enough trials evaluated at the full rung to estimate importances.</p>"
-    items = sorted(importances.items(), key=lambda kv: -kv[1])
-    width, bar_h = 640, 18
-    label_w = 260
-    svg = []
-    for i, (name, value) in enumerate(items):
-        y = i * (bar_h + 4)
-        length = value * (width - label_w - 60)
-        svg.append(f"<text x='{label_w - 6}' y='{y + 13}' font-size='12' text-anchor='end'>{_esc(name)}</text>"
-                   f"<rect x='{label_w}' y='{y}' width='{max(1.0, length):.1f}' height='{bar_h}' "
-                   f"fill='{_COLORS['ok']}'/><text x='{label_w + length + 4:.1f}' y='{y + 13}' "
-                   f"font-size='12'>{value:.2f}</text>")
-    height = len(items) * (bar_h + 4)
-    return f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>{''.join(svg)}</svg>"
-
-
-def _savings(rows: Sequence[dict], latest: Sequence[dict], rungs: Sequence[int]) -> str:
-    evaluated = sum(r["n_samples"] for r in rows if not r["cached"] and r["status"] != "failed")
-    reused = sum(r["n_samples"] for r in rows if r["cached"])
-    trials = [r for r in latest if r["status"] != "failed"]
-    all_full = len(trials) * rungs[-1]
-    saved = 1.0 - evaluated / all_full if all_full else 0.0
-    eval_s = sum(r["eval_s"] or 0.0 for r in rows if not r["cached"])
-    return (f"<p>Samples evaluated: <b>{evaluated}</b> ({reused} more reused from identical recipes). Evaluating "
-            f"all {len(trials)} trials at the full rung ({rungs[-1]} samples) would take <b>{all_full}</b>: "
-            f"ASHA saved <b>{saved:.0%}</b> of the evaluation. Evaluation time spent: {eval_s:.1f} s.</p>")
-
-
-class _Frame:
-    """Maps data to SVG coordinates and draws axes with a few ticks."""
-
-    def __init__(self, xs: Sequence[float], ys: Sequence[float], width: int, height: int,
-                 categories: Sequence[str] = ()):
-        self.width, self.height, self.categories = width, height, list(categories)
-        self.x0, self.x1 = _span(xs)
-        self.y0, self.y1 = _span(ys)
-
-    def x(self, value: float) -> float:
-        return _PAD + (value - self.x0) / (self.x1 - self.x0) * (self.width - _PAD - 12)
-
-    def y(self, value: float) -> float:
-        return self.height - _PAD + 12 - (value - self.y0) / (self.y1 - self.y0) * (self.height - _PAD - 12)
-
-    def axes(self, x_label: str, y_label: str) -> str:
-        bottom, left = self.height - _PAD + 12, _PAD
-        out = [f"<line x1='{left}' y1='{bottom}' x2='{self.width - 8}' y2='{bottom}' stroke='#444'/>",
-               f"<line x1='{left}' y1='10' x2='{left}' y2='{bottom}' stroke='#444'/>"]
-        xticks = [(i, c) for i, c in enumerate(self.categories)] if self.categories else \
-            [(v, f"{v:.3g}") for v in _ticks(self.x0, self.x1)]
-        for value, label in xticks:
-            out.append(f"<text x='{self.x(value):.1f}' y='{bottom + 14}' font-size='10' text-anchor='middle'>"
-                       f"{_esc(label)}</text>")
-        for value in _ticks(self.y0, self.y1):
-            out.append(f"<text x='{left - 4}' y='{self.y(value) + 3:.1f}' font-size='10' text-anchor='end'>"
-                       f"{value:.3g}</text>")
-        out.append(f"<text x='{(left + self.width) / 2:.0f}' y='{self.height - 8}' font-size='12' "
-                   f"text-anchor='middle'>{_esc(x_label)}</text>")
-        out.append(f"<text x='12' y='{bottom / 2:.0f}' font-size='12' text-anchor='middle' "
-                   f"transform='rotate(-90 12 {bottom / 2:.0f})'>{_esc(y_label)}</text>")
-        return "".join(out)
-
-    def svg(self, body: str) -> str:
-        return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{self.width}' height='{self.height}' "
-                f"viewBox='0 0 {self.width} {self.height}'>{body}</svg>")
-
-
-def _span(values: Sequence[float]) -> tuple[float, float]:
-    low, high = min(values), max(values)
-    if high - low < 1e-12:
-        return low - 0.5, high + 0.5
-    margin = 0.05 * (high - low)
-    return low - margin, high + margin
-
-
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    step = (high - low) / (count - 1)
-    return [low + i * step for i in range(count)]
-
-
-def _ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def _pearson(a: Sequence[float], b: Sequence[float]) -> float:
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
 
 
 def _finite(value: Any) -> bool:
@@ -284,6 +339,10 @@ def _finite(value: Any) -> bool:
 
 def _num(value: Any) -> str:
     return f"{value:.4g}" if _finite(value) else "-"
+
+
+def _value(value: Any) -> str:
+    return _num(value) if isinstance(value, float) else str(value)
 
 
 def _esc(text: str) -> str:

@@ -10,7 +10,8 @@ regenerated from it.
 
 A sweep ends with its store actors, workers and pool removed (unless `keep_store`), with exit status
 130 and a resume hint when stopped by Ctrl-C (`SweepInterrupted`), and with an AlloyError when every
-trial failed.
+trial failed. `alloy.log` holds
+what Ray and the libraries printed when the sweep runs quietly (`alloy.logs`).
 
 Each trial evaluates its candidate at every rung in turn (reading the cache first) and reports once per
 rung; ASHA's time attribute is `asha_t` = reduction_factor ** rung, so its milestones fall exactly on
@@ -31,6 +32,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +41,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from alloy.io.atomic import atomic_write_text
+from alloy.logs import LOG_FILE, say
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
 from alloy.search.confirm import confirm_sweep
@@ -143,8 +146,8 @@ def _conclude(space: SearchSpace, out: Path, rdb: Any, study_name: str) -> Path:
         first = min(latest.values(), key=lambda r: r["trial"])
         raise AlloyError(f"every trial of the sweep in {out} failed ({counts['failed']} of {len(latest)}); "
                          f"trial {first['trial']}: {first['error']} (all errors: `alloy board {out}`)")
-    print(f"sweep finished: {counts['ok']} ok, {counts['pruned']} pruned, {counts['failed']} failed; "
-          f"leaderboard {path}", flush=True)
+    say(f"sweep finished: {counts['ok']} ok, {counts['pruned']} pruned, {counts['failed']} failed; "
+        f"leaderboard {path}")
     return path
 
 
@@ -169,7 +172,7 @@ def _check_folder(out: Path, resume: bool) -> None:
 
 
 def _refuse_non_empty(out: Path) -> None:
-    if any(p.name != LOCK_FILE for p in out.iterdir()):
+    if any(p.name not in (LOCK_FILE, LOG_FILE) for p in out.iterdir()):
         raise AlloyError(f"output folder {out} is not empty; pass --resume to continue its sweep, or choose "
                          f"another --out")
 
@@ -270,7 +273,7 @@ def _new_tuner(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume:
     if resume:  # the study outlived a driver that died before Tune saved its state
         trials -= sum(t.state.is_finished() for t in searcher.study.get_trials(deepcopy=False))
         if trials <= 0:
-            print(f"sweep in {out}: every trial is finished; nothing to resume", flush=True)
+            say(f"sweep in {out}: every trial is finished; nothing to resume")
             return None
     return tune.Tuner(
         _trainable(space, out),
@@ -343,6 +346,9 @@ class SweepSearch(OptunaSearch):
                          points_to_evaluate=start if enqueue_start else None,
                          sampler=space.create_sampler(list(warm) or start),
                          study_name=study_name, storage=storage)
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([metric] if isinstance(metric, str) else list(metric))  # optuna-dashboard
         self._last_rung = len(space.evaluation.rungs) - 1
         self._orphans = self._find_orphans()
 
@@ -487,9 +493,9 @@ class SweepProgress(tune.Callback):
         eta = "--"
         if self._finished_here:
             eta = _duration(elapsed / self._finished_here * max(0, self.total - done))
-        print(f"trial {row['trial']} [{row['recipe_hash'][:8]}] {what} {scores}{tokens} "
-              f"merge {_fmt(row.get('merge_s'))}s eval {_fmt(row.get('eval_s'))}s | {done}/{self.total} trials, "
-              f"elapsed {_duration(elapsed)}, ETA {eta}", flush=True)
+        say(f"trial {row['trial']} [{row['recipe_hash'][:8]}] {what} {scores}{tokens} "
+            f"merge {_fmt(row.get('merge_s'))}s eval {_fmt(row.get('eval_s'))}s | {done}/{self.total} trials, "
+            f"elapsed {_duration(elapsed)}, ETA {eta}")
 
 
 _LOG = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from alloy.errors import AlloyError
+from alloy.logs import say
 
 POOL_NAMESPACE = "alloy"
 
@@ -190,8 +191,8 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
         return
     except ValueError:
         pass
-    print(f"alloy: sweep workers evaluate on the {backend} backend"
-          + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else ""), flush=True)
+    say(f"alloy: sweep workers evaluate on the {backend} backend"
+          + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else ""))
     what = f"sweep {sweep!r}: search.resources of its {settings.concurrency} workers"
     request = {"CPU": settings.cpu, "GPU": settings.gpu}
     check_placement(request, settings.concurrency, what, placement_timeout_s)
