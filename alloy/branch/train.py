@@ -13,7 +13,8 @@ whose expert folder already exists is skipped.
 Batching: `batch_size` examples per worker per optimizer step; each epoch the examples are shuffled
 with a generator seeded by (seed, epoch) and split evenly over the workers (the shuffled order is
 padded by wrapping around, so every worker runs the same number of steps). The learning rate is
-constant (AdamW, no weight decay) and gradients are clipped to norm 1. Weights and optimizer state
+constant, or with `schedule="cosine"` warms up linearly over the first 5% of the steps and then decays
+to zero along a cosine (AdamW, no weight decay); gradients are clipped to norm 1. Weights and optimizer state
 are float32; on GPU the forward pass runs under bfloat16 autocast.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from alloy.branch.data import EncodedExample, encode_traces, load_chat_tokenizer
 from alloy.errors import AlloyError
 
 RUN_SETTINGS_FILE = "alloy_branch.json"
+SCHEDULES = ("constant", "cosine")
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -48,6 +50,7 @@ class BranchSettings:
     kd_temperature: float = 2.0
     kd_alpha: float = 0.5
     seed: int = 0
+    schedule: str = "constant"  # one of SCHEDULES
 
     def validate(self) -> None:
         """Raise AlloyError naming the first setting out of range."""
@@ -56,7 +59,8 @@ class BranchSettings:
                   ("max_length", self.max_length >= 2, "at least 2"),
                   ("num_workers", self.num_workers >= 1, "at least 1"),
                   ("kd_temperature", self.kd_temperature > 0, "positive"),
-                  ("kd_alpha", 0.0 <= self.kd_alpha <= 1.0, "between 0 and 1"))
+                  ("kd_alpha", 0.0 <= self.kd_alpha <= 1.0, "between 0 and 1"),
+                  ("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}"))
         for name, ok, what in checks:
             if not ok:
                 raise AlloyError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)!r}")
@@ -271,6 +275,16 @@ def epoch_shard(n_examples: int, world_size: int, rank: int, seed: int, epoch: i
     return order[rank::world_size]
 
 
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate's multiplier at optimizer step `step` (0-based) of `total_steps`."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, round(0.05 * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+
 def train_domain_loop(config: dict[str, Any]) -> None:
     """The per-worker training loop of one domain (runs inside a Ray Train worker)."""
     import tempfile
@@ -309,10 +323,13 @@ def train_domain_loop(config: dict[str, Any]) -> None:
     device = get_device()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    steps_per_epoch = math.ceil(len(epoch_shard(len(examples), world, rank, 0, 0)) / config["batch_size"])
     for epoch in range(start_epoch, config["epochs"]):
         shard = epoch_shard(len(examples), world, rank, config["seed"], epoch)
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, sft, kd, steps
-        for start in range(0, len(shard), config["batch_size"]):
+        for step, start in enumerate(range(0, len(shard), config["batch_size"]), start=epoch * steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = config["lr"] * lr_factor(config["schedule"], step, config["epochs"] * steps_per_epoch)
             batch_ids = shard[start:start + config["batch_size"]]
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], config["pad_token_id"]).items()}
             rows = None

@@ -3,7 +3,8 @@
 Columns: `trial` (the Optuna trial number), `trial_id` (Ray Tune's), `recipe_hash`, `recipe` (canonical
 JSON), `status`, `error`, `rung` (0-based), `n_samples`, `latest` (the trial's last row), `cached`
 (scores reused from an identical recipe), `reference` (`parent:LABEL` / `uniform` for starting points),
-one column per objective named as in the search space, the output-token statistics, `merge_s`,
+one column per objective named as in the search space (and `OBJECTIVE.lo` / `OBJECTIVE.hi`, its 95%
+interval over the questions, when the evaluator gave one), the output-token statistics, `merge_s`,
 `eval_s`, `finished_at` (unix seconds), `pareto`, and one `param.NAME` column per free coefficient.
 
 `status` is the trial's outcome, the same on each of its rows: `ok` (evaluated up to the last rung),
@@ -30,6 +31,12 @@ _META_KEY = b"alloy.leaderboard"
 _BASE_COLUMNS = ("trial", "trial_id", "recipe_hash", "recipe", "status", "error", "rung", "n_samples", "latest",
                  "cached", "reference")
 _TAIL_COLUMNS = (*TOKEN_METRICS, "merge_s", "eval_s", "finished_at", "pareto")
+INTERVAL_SUFFIXES = (".lo", ".hi")
+
+
+def interval_columns(metrics: Iterable[str]) -> list[str]:
+    """The interval bounds an evaluator may give for `metrics` ("task/metric.lo", ".hi")."""
+    return [m + suffix for m in metrics if m not in TOKEN_METRICS for suffix in INTERVAL_SUFFIXES]
 
 
 def pareto_mask(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
@@ -114,13 +121,15 @@ class Leaderboard:
 
         rows = self.rows()
         params = sorted({k for r in rows for k in r if k.startswith(PARAM_PREFIX)})
-        columns = [*_BASE_COLUMNS, *[m for m in self.metrics if m not in _TAIL_COLUMNS], *_TAIL_COLUMNS, *params]
+        bounds = [c for c in interval_columns(self.metrics) if any(r.get(c) is not None for r in rows)]
+        columns = [*_BASE_COLUMNS, *[m for m in self.metrics if m not in _TAIL_COLUMNS], *bounds, *_TAIL_COLUMNS,
+                   *params]
         data = {c: [r.get(c) for r in rows] for c in columns}
         types = {"trial": pa.int64(), "rung": pa.int64(), "n_samples": pa.int64(), "latest": pa.bool_(),
                  "cached": pa.bool_(), "pareto": pa.bool_(), "finished_at": pa.float64()}
         for c in ("trial_id", "recipe_hash", "recipe", "status", "error", "reference"):
             types[c] = pa.string()
-        for c in (*self.metrics, *TOKEN_METRICS, "merge_s", "eval_s"):
+        for c in (*self.metrics, *bounds, *TOKEN_METRICS, "merge_s", "eval_s"):
             types[c] = pa.float64()
         arrays = []
         for c in columns:
@@ -209,7 +218,8 @@ def select_rows(table: Any, top: int | None = None, pareto_only: bool = False, s
 
 
 def render_board(rows: Sequence[dict], table: Any) -> str:
-    """A plain-text table of leaderboard rows: trial, status, rung, objectives, tokens, free params."""
+    """A plain-text table of leaderboard rows: trial, status, rung, objectives (with their 95% intervals
+    where the leaderboard has them), tokens, free params."""
     meta = leaderboard_meta(table)
     metrics = [o["metric"] for o in meta["objectives"]]
     extra = [] if "tokens_mean" in metrics else ["tokens_mean"]
@@ -219,7 +229,7 @@ def render_board(rows: Sequence[dict], table: Any) -> str:
     lines = []
     for r in rows:
         cells = [str(r["trial"]), r["status"], str(r["n_samples"])]
-        cells += [_cell(r.get(m)) for m in (*metrics, *extra)]
+        cells += [score_cell(r, m) for m in (*metrics, *extra)]
         cells += ["*" if r["pareto"] else "", r.get("reference") or ""]
         cells += [_cell(r.get(p)) for p in params]
         lines.append(cells)
@@ -229,6 +239,14 @@ def render_board(rows: Sequence[dict], table: Any) -> str:
     failed = [r for r in rows if r["status"] == "failed"]
     out += [f"trial {r['trial']} failed: {r['error']}" for r in failed]
     return "\n".join(out)
+
+
+def score_cell(row: Mapping[str, Any], metric: str) -> str:
+    """`row`'s value of `metric`, followed by its interval "[lo, hi]" when the row has one."""
+    lo, hi = row.get(metric + ".lo"), row.get(metric + ".hi")
+    if lo is None or hi is None or row.get(metric) is None:
+        return _cell(row.get(metric))
+    return f"{_cell(row.get(metric))} [{lo:.2f}, {hi:.2f}]"
 
 
 def _cell(value: Any) -> str:

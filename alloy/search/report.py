@@ -1,7 +1,7 @@
 """The HTML report of a sweep: one self-contained file (inline SVG, no scripts, no network).
 
 Sections: the Pareto front (score against output tokens), the score against each free coefficient,
-the best recipes, parameter importances (Optuna's `get_param_importances` on the study, or the
+the best recipes (each score with its 95% interval where the leaderboard has one), parameter importances (Optuna's `get_param_importances` on the study, or the
 absolute rank correlation with the score when the study cannot give them), and how much evaluation
 ASHA saved (samples evaluated against every trial evaluated at the full rung).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alloy.io.atomic import atomic_write_text
-from alloy.search.leaderboard import PARAM_PREFIX, leaderboard_meta, read_leaderboard
+from alloy.search.leaderboard import PARAM_PREFIX, leaderboard_meta, read_leaderboard, score_cell
 from alloy.search.space import is_token_metric
 
 _W, _H, _PAD = 560, 340, 52
@@ -167,7 +167,7 @@ def _best_table(rows: Sequence[dict], objectives: Sequence[dict], score: dict, t
     head = "".join(f"<th>{_esc(m)}</th>" for m in metrics)
     body = []
     for r in best:
-        cells = "".join(f"<td>{_num(r.get(m))}</td>" for m in metrics)
+        cells = "".join(f"<td>{_esc(score_cell(r, m))}</td>" for m in metrics)
         recipe = json.dumps(json.loads(r["recipe"]), indent=1)
         body.append(f"<tr><td>{r['trial']}</td><td>{'yes' if r['pareto'] else ''}</td>{cells}"
                     f"<td>{_esc(r.get('reference') or '')}</td><td><details><summary>{r['recipe_hash']}</summary>"

@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from alloy.io.atomic import atomic_write_text
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
-from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard
+from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interval_columns
 from alloy.search.runner import check_runner, make_runner, prepare_runner
 from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
 
@@ -317,7 +317,7 @@ class SweepProgress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial, result["rung"], "running")
         row.update(n_samples=result["n_samples"], cached=bool(result.get("cached")))
-        for key in (*self.space.metrics, *TOKEN_METRICS, "merge_s", "eval_s"):
+        for key in (*self.space.metrics, *interval_columns(self.space.metrics), *TOKEN_METRICS, "merge_s", "eval_s"):
             value = result.get(key)
             row[key] = None if value is None else float(value)
         self._board.upsert(row)
