@@ -61,31 +61,34 @@ class Terminal:
         self.stream.write(text + "\n")
         self.stream.flush()
 
-    def bar(self, label: str, done: int, total: int, started: float, note: str = "") -> None:
-        """Redraw one progress bar line in place (a newline when it is full)."""
-        filled = _BAR * done // max(1, total)
+    def bar(self, label: str, done: int, total: int, started: float, note: str = "", last: bool = False) -> None:
+        """Redraw one progress bar line in place; the `last` one (or a full one) ends the line."""
+        filled = _BAR * min(done, total) // max(1, total)
         self.stream.write(f"\r      {label} [{'#' * filled}{'.' * (_BAR - filled)}] {done}/{total} "
-                          f"{time.monotonic() - started:5.0f}s {note}".rstrip() + ("\n" if done >= total else ""))
+                          f"{time.monotonic() - started:5.0f}s {note}".rstrip() + ("\n" if last or done >= total else ""))
         self.stream.flush()
 
 
 @contextlib.contextmanager
 def quiet(log_path: Path) -> Iterator[Terminal]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2, so native libraries and child
-    processes too) to `log_path` for the block; the yielded Terminal writes to the original stdout."""
+    """Send this process's stdout and stderr (`sys.stdout`/`sys.stderr` and file descriptors 1 and 2, so
+    native libraries and child processes too) to `log_path` for the block; the yielded Terminal writes
+    to the original stdout."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     terminal = open(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
-    with open(log_path, "a", encoding="utf-8") as log:
+    streams = sys.stdout, sys.stderr
+    with open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
+        sys.stdout = sys.stderr = log
         try:
             yield Terminal(terminal)
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            log.flush()
+            sys.stdout, sys.stderr = streams
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
@@ -103,6 +106,7 @@ def stage(term: Terminal, title: str) -> Iterator[None]:
 
 def prepare_models(out: Path, term: Terminal, seed: int = 0, scale: DemoScale = DemoScale()) -> Path:
     """Steps 1 and 2: data, backbone and experts under `out` (reused when present); returns the space."""
+    from alloy.branch.data import read_traces
     from alloy.branch.train import BranchSettings, branch
     from alloy.demo.backbone import build_backbone
     from alloy.demo.domains import format_traces, write_domain_data
@@ -114,7 +118,7 @@ def prepare_models(out: Path, term: Terminal, seed: int = 0, scale: DemoScale = 
         if not all(p.is_file() for p in traces.values()) or not all(
                 (data / "eval" / f"{task}.jsonl").is_file() for task in DOMAIN_TASKS.values()):
             write_domain_data(data, n_train=scale.n_train, n_eval=scale.n_eval, seed=seed)
-        domain_texts = [line for path in traces.values() for line in path.read_text().splitlines()]
+        domain_texts = [f"{t.prompt}\n{t.response}" for path in traces.values() for t in read_traces(path)]
         started = time.monotonic()
         build_backbone(out / "backbone", format_traces(scale.n_format, seed), seed=seed, steps=scale.backbone_steps,
                        max_length=512, tokenizer_texts=domain_texts,
@@ -178,7 +182,7 @@ def sweep_progress(term: Terminal, sweep: Path, total: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-        term.bar("trials", finished(), total, started)
+        term.bar("trials", finished(), total, started, last=True)
 
 
 def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = DemoScale()) -> DemoVerdict:
