@@ -15,7 +15,7 @@ from alloy.branch.losses import branch_loss, kd_loss
 from alloy.branch.teacher import compute_teacher_logits, read_teacher_logits, write_teacher_logits
 from alloy.branch.train import BranchSettings, branch, epoch_shard, plan_branch
 from alloy.demo.backbone import build_backbone
-from alloy.demo.domains import generate_domain
+from alloy.demo.domains import split_domain
 from alloy.errors import AlloyError
 
 N_EXAMPLES = 24
@@ -45,7 +45,7 @@ def workspace(tmp_path_factory):
     from alloy.tiny import perturbed_copy
 
     root = tmp_path_factory.mktemp("branch")
-    traces = {d: [item.trace for item in generate_domain(d, N_EXAMPLES, seed=0)] for d in ("math", "science")}
+    traces = {d: [item.trace for item in split_domain(d, N_EXAMPLES, 0, seed=0)[0]] for d in ("math", "science")}
     backbone = build_backbone(root / "backbone", traces["math"] + traces["science"], steps=2, batch_size=4,
                               max_length=128, vocab_size=400)
     files = {d: _write_jsonl(root / f"{d}.jsonl", rows) for d, rows in traces.items()}
@@ -292,3 +292,14 @@ def test_cli_rerun_keeps_existing_experts(workspace, first_run, capsys):
     assert command.run(args) == 0
     assert "already exists" in capsys.readouterr().out
     assert (out / "science" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from alloy.branch.train import lr_factor
+
+    assert lr_factor("constant", 7, 10) == 1.0
+    factors = [lr_factor("cosine", step, 100) for step in range(100)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == 1.0 and factors[5] == 1.0
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and factors[-1] < 1e-3
+    with pytest.raises(AlloyError, match="--schedule must be one of"):
+        BranchSettings(schedule="linear").validate()
