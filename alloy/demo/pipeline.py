@@ -46,7 +46,7 @@ class DemoScale:
     n_eval: int = 40
     n_format: int = 200             # backbone traces per benchmark format
     backbone_steps: int = 200
-    expert_epochs: int = 5          # of n_train / 16 optimizer steps each
+    expert_epochs: int = 24         # of n_train / 16 = 25 optimizer steps each
     trials: int | None = None       # None: as search_spaces/demo.yaml says
     rungs: tuple[int, ...] | None = None
 
