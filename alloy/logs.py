@@ -36,11 +36,16 @@ def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
                              "in the output folder)")
 
 
+def terminal() -> TextIO:
+    """The stream alloy's own lines go to: the terminal's stdout, even inside `quiet_output`."""
+    return _terminal[-1][0] if _terminal else sys.stdout
+
+
 def say(*parts: object, end: str = "\n") -> None:
     """Print one of alloy's own progress lines: on the terminal, even inside `quiet_output`, and into
     the log file when there is one."""
     text = " ".join(str(p) for p in parts) + end
-    stream = _terminal[-1][0] if _terminal else sys.stdout
+    stream = terminal()
     stream.write(text)
     stream.flush()
     if _log:

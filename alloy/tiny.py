@@ -105,18 +105,21 @@ def _default_corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 512):
+def train_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 512, split_digits: bool = False):
     """A byte-level BPE tokenizer trained on `texts` (a built-in corpus by default).
 
     The special tokens of SPECIAL_TOKENS take ids 0..5 (bos `<|endoftext|>` = 0, eos `<|im_end|>` = 2,
     pad `<|pad|>` = 5, matching `tiny_config`); it has a Qwen-style chat template whose generation
-    prompt opens a `<think>` block, and covers every byte, so any text round-trips.
+    prompt opens a `<think>` block, and covers every byte, so any text round-trips. With `split_digits`
+    every digit is a token of its own (as in Qwen's and Llama's tokenizers).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -15,7 +15,7 @@ from alloy.branch.losses import branch_loss, kd_loss
 from alloy.branch.teacher import compute_teacher_logits, read_teacher_logits, write_teacher_logits
 from alloy.branch.train import BranchSettings, branch, epoch_shard, plan_branch
 from alloy.demo.backbone import build_backbone
-from alloy.demo.domains import generate_domain
+from alloy.demo.domains import split_domain
 from alloy.errors import AlloyError
 
 N_EXAMPLES = 24
@@ -45,7 +45,7 @@ def workspace(tmp_path_factory):
     from alloy.tiny import perturbed_copy
 
     root = tmp_path_factory.mktemp("branch")
-    traces = {d: [item.trace for item in generate_domain(d, N_EXAMPLES, seed=0)] for d in ("math", "science")}
+    traces = {d: [item.trace for item in split_domain(d, N_EXAMPLES, 0, seed=0)[0]] for d in ("math", "science")}
     backbone = build_backbone(root / "backbone", traces["math"] + traces["science"], steps=2, batch_size=4,
                               max_length=128, vocab_size=400)
     files = {d: _write_jsonl(root / f"{d}.jsonl", rows) for d, rows in traces.items()}

@@ -1,31 +1,62 @@
-"""The demo pipeline end to end at a small scale: data → backbone → experts → sweep → verdict, and a
-re-run that reuses everything."""
+"""The demo pipeline end to end at a small scale: data → backbone → experts → sweep → verdict, a re-run
+that reuses everything, and the verdict's rule on made-up leaderboard rows."""
 from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
 
+from alloy.demo.verdict import Combined, DemoVerdict, combined_score
 
-@pytest.mark.timeout(900)
-def test_demo_pipeline_small(tmp_path, capsys):
-    from alloy.demo.pipeline import DemoScale, run_demo
 
-    scale = DemoScale(n_train=12, n_eval=4, backbone_steps=20, branch_epochs=1, trials=4, rungs=(2, 4))
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_demo_pipeline_small(tmp_path, capfd):
+    from alloy.demo.pipeline import LOG_FILE, DemoScale, run_demo
+
+    scale = DemoScale(n_train=24, n_eval=4, n_format=8, backbone_steps=10, expert_epochs=1, trials=4, rungs=(2, 4))
     out = tmp_path / "demo"
     verdict = run_demo(out, scale=scale)
-    printed = capsys.readouterr().out
-    assert "everything goes under" in printed and "beats every expert" in printed
+    printed = capfd.readouterr().out
+    assert "everything goes under" in printed and "verdict:" in printed and "alloy export" in printed
+    assert "[4/4]" in printed and "done in" in printed
+    for noise in ("Loading weights", "PlacementGroup", "TrainingReport", "find_unused_parameters"):
+        assert noise not in printed
+    assert (out / LOG_FILE).stat().st_size > 0
     for domain in ("math", "science", "code"):
         assert (out / "experts" / domain / "config.json").is_file()
     rows = pq.read_table(out / "sweep" / "leaderboard.parquet").to_pylist()
     references = {r["reference"] for r in rows if r["reference"]}
     assert references == {"parent:math", "parent:science", "parent:code"}
+    ok = [r for r in rows if r["status"] == "ok" and r["n_samples"] == 4]
+    assert ok and all(r["aime24/exact_match.lo"] <= r["aime24/exact_match"] <= r["aime24/exact_match.hi"]
+                      for r in ok)
     assert set(verdict.experts) == {"math", "science", "code"}
+    assert all(e.lo <= e.score <= e.hi for e in verdict.experts.values())
     assert (out / "sweep" / "report.html").is_file()
+    assert "[" in (out / "sweep" / "report.html").read_text()
 
     again = run_demo(out, scale=scale)   # everything is reused: same leaderboard, same verdict
     assert again == verdict
-    assert "[2/4]" in capsys.readouterr().out
+    assert "reused" in capfd.readouterr().out
+
+
+def test_combined_interval_combines_the_task_intervals():
+    row = {"a": 0.5, "a.lo": 0.3, "a.hi": 0.7, "b": 1.0, "b.lo": 1.0, "b.hi": 1.0}
+    combined = combined_score(row, ["a", "b"])
+    assert combined.score == pytest.approx(0.75)
+    assert combined.lo == pytest.approx(0.65, abs=1e-9) and combined.hi == pytest.approx(0.85, abs=1e-9)
+    assert combined_score({"a": 0.2, "b": 0.4}, ["a", "b"]) == Combined(pytest.approx(0.3), pytest.approx(0.3),
+                                                                        pytest.approx(0.3))
+
+
+def test_verdict_says_beats_only_beyond_the_intervals():
+    experts = {"math": Combined(0.40, 0.33, 0.47), "code": Combined(0.35, 0.28, 0.42)}
+    clear = DemoVerdict(7, Combined(0.60, 0.52, 0.68), experts)
+    assert clear.beats_every_expert and "beats every expert" in clear.render()
+    close = DemoVerdict(7, Combined(0.50, 0.43, 0.57), experts)
+    assert not close.beats("math") and close.beats("code") and not close.beats_every_expert
+    assert "does NOT beat" in close.render() and "overlap" in close.render()
+    assert not DemoVerdict(None, None, experts).beats_every_expert
 
 
 def test_shipped_demo_space_parses():
@@ -36,5 +67,6 @@ def test_shipped_demo_space_parses():
 
     space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml", check_paths=False)
     assert [label for label, _ in space.start_points()] == ["parent:math", "parent:science", "parent:code"]
+    assert space.search.concurrency == 1
     for _, params in space.start_points():
         Recipe.from_dict(space.recipe_for(params))

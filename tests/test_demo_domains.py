@@ -1,13 +1,16 @@
-"""The demo's synthetic domains (record formats, verified programs, determinism) and its tiny backbone."""
+"""The demo's synthetic domains (record formats, verified programs, determinism, disjoint training and
+evaluation problems), its format traces and its tiny backbone."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from alloy.demo.domains import DOMAIN_TASKS, check_program, generate_domain, write_domain_data
+from alloy.demo.domains import (DOMAIN_TASKS, addition_steps, check_program, evaluation_prompts, format_traces,
+                                overlap, split_domain, write_domain_data)
 from alloy.errors import AlloyError
 from alloy.evaluation.answers import aime_score, gpqa_score
 from alloy.evaluation.livecodebench import extract_code
@@ -30,8 +33,14 @@ def _evaluator_prompt(task_yaml: Path, doc: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def items():
-    return {domain: generate_domain(domain, N, seed=3) for domain in DOMAIN_TASKS}
+def splits():
+    return {domain: split_domain(domain, 3 * N, N, seed=3) for domain in DOMAIN_TASKS}
+
+
+@pytest.fixture(scope="module")
+def items(splits):
+    """Training and evaluation problems of each domain together."""
+    return {domain: train + evaluation for domain, (train, evaluation) in splits.items()}
 
 
 def _split_think(response: str) -> tuple[str, str]:
@@ -51,7 +60,12 @@ def test_math_records_are_aime_records(items):
         _, answer = _split_think(item.trace["response"])
         assert answer.endswith(f"\\boxed{{{record['answer']}}}")
         assert aime_score(item.trace["response"], record["answer"]) == 1.0
-    assert len({item.record["id"] for item in items["math"]}) == N
+    assert len({item.record["id"] for item in items["math"][:3 * N]}) == 3 * N
+
+
+def test_addition_trace_carries():
+    assert addition_steps(47, 5) == ["47 + 5", "units: 7 + 5 = 12, carry 1", "tens: 4 + 1 = 5", "so 47 + 5 = 52"]
+    assert addition_steps(98, 3)[-1] == "so 98 + 3 = 101"
 
 
 def test_science_records_work_with_lm_eval_gpqa_and_alloy_scoring(items):
@@ -112,14 +126,47 @@ def test_program_check_catches_wrong_and_crashing_programs(items):
     assert "exited with" in check_program("raise SystemExit(3)", tests[:1])[0]
 
 
-def test_generation_is_deterministic_and_prefix_stable(items):
+def test_splits_are_deterministic_and_evaluation_does_not_depend_on_n_train(splits):
     for domain in DOMAIN_TASKS:
-        again = generate_domain(domain, N, seed=3)
-        assert [i.record for i in again] == [i.record for i in items[domain]]
-        assert [i.trace for i in again] == [i.trace for i in items[domain]]
-        assert [i.record for i in generate_domain(domain, 10, seed=3)] == [i.record for i in items[domain][:10]]
-        assert [i.record for i in generate_domain(domain, 10, seed=4)] != [i.record for i in items[domain][:10]]
-        assert len({i.key for i in items[domain]}) == N
+        train, evaluation = splits[domain]
+        again_train, again_eval = split_domain(domain, 3 * N, N, seed=3)
+        assert [i.record for i in again_eval] == [i.record for i in evaluation]
+        assert [i.trace for i in again_train] == [i.trace for i in train]
+        assert [i.record for i in split_domain(domain, 5, N, seed=3)[1]] == [i.record for i in evaluation]
+        assert [i.record for i in split_domain(domain, 5, N, seed=4)[1]] != [i.record for i in evaluation]
+        assert len({i.key for i in train + evaluation}) == 4 * N
+
+
+def test_evaluation_problems_are_never_training_problems(splits):
+    for domain, (train, evaluation) in splits.items():
+        assert overlap(domain, train, evaluation) == []
+        train_prompts = {i.trace["prompt"] for i in train}
+        assert not train_prompts & set(evaluation_prompts(domain, evaluation))
+    math_train, math_eval = splits["math"]
+    pairs = lambda items: {(a, b) for i in items for a, b in [re.search(r"(\d+)\D+(\d+)", i.record["problem"]).groups()]}
+    assert not pairs(math_train) & pairs(math_eval)  # new numbers
+    inputs = lambda items: {t["input"] for i in items for t in json.loads(i.record["public_test_cases"])}
+    assert not inputs(splits["code"][0]) & inputs(splits["code"][1])  # new test inputs
+    # the check catches a shared problem: the same number pair, or a question shown as the evaluator shows it
+    assert overlap("math", math_train + math_eval[:1], math_eval)
+    science_train, science_eval = splits["science"]
+    shown = dataclasses.replace(science_train[0], trace={"prompt": evaluation_prompts("science", science_eval)[0],
+                                                         "response": ""})
+    assert overlap("science", science_train + [shown], science_eval)
+
+
+def test_format_traces_teach_the_formats_but_no_domain():
+    from alloy.evaluation.answers import aime_score
+
+    traces = format_traces(6, seed=0)
+    assert len(traces) == 18
+    number, choice, program = traces[:3]
+    assert aime_score(number["response"], re.search(r"\d+", number["prompt"]).group()) == 1.0
+    assert choice["prompt"].startswith("Answer the following multiple-choice question")
+    assert choice["response"].endswith(").") and "The answer is (" in choice["response"]
+    assert "print(input())" in program["response"]
+    domain_prompts = {i.trace["prompt"] for d in DOMAIN_TASKS for i in split_domain(d, 20, 5, 0)[0]}
+    assert not domain_prompts & {t["prompt"] for t in traces}
 
 
 def test_write_domain_data_layout_split_and_determinism(tmp_path):
@@ -143,7 +190,9 @@ def test_write_domain_data_layout_split_and_determinism(tmp_path):
 
 def test_bad_requests_are_alloy_errors(tmp_path):
     with pytest.raises(AlloyError, match="unknown demo domain"):
-        generate_domain("history", 3, seed=0)
+        split_domain("history", 3, 3, seed=0)
+    with pytest.raises(AlloyError, match="n_eval"):
+        split_domain("math", 3, -2, seed=0)
     with pytest.raises(AlloyError, match="n_train"):
         write_domain_data(tmp_path, n_train=-1, n_eval=2)
 

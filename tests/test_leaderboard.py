@@ -105,3 +105,19 @@ def test_board_view(tmp_path, capsys):
     assert len(out.strip().splitlines()) == 3 and "uniform" in out
     assert main(["board", str(tmp_path / "nowhere")]) == 2
     assert "no leaderboard here" in capsys.readouterr().err
+
+
+def test_score_intervals_are_kept_and_shown(tmp_path):
+    from alloy.search.report import render_report
+
+    board = Leaderboard(tmp_path / "lb.parquet", OBJECTIVES, RUNGS)
+    board.upsert(row(0, 1, "ok", 0.5, 100.0, **{"n_samples": 16, "aime24/exact_match.lo": 0.28,
+                                                  "aime24/exact_match.hi": 0.72}))
+    board.upsert(row(1, 1, "ok", 0.25, 90.0, n_samples=16))
+    table = read_leaderboard(board.write())
+    assert "aime24/exact_match.lo" in table.column_names and "tokens_mean.lo" not in table.column_names
+    text = render_board(select_rows(table), table)
+    assert "0.5 [0.28, 0.72]" in text and "0.25 " in text and "0.25 [" not in text
+    assert "0.5 [0.28, 0.72]" in render_report(table)
+    plain = Leaderboard(tmp_path / "plain.parquet", OBJECTIVES, RUNGS, [row(1, 1, "ok", 0.25, 90.0, n_samples=16)])
+    assert "aime24/exact_match.lo" not in read_leaderboard(plain.write()).column_names

@@ -13,11 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from alloy.demo.pipeline import run_demo
-    from alloy.logs import LOG_FILE, quiet_output
 
-    with quiet_output(Path(args.out) / LOG_FILE, args.verbose):
-        run_demo(args.out, args.seed)
+    run_demo(args.out, args.seed, verbose=args.verbose)
     return 0

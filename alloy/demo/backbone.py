@@ -1,9 +1,11 @@
-"""The demo's backbone: a tiny MoE of a real architecture, pre-trained briefly on the domains' traces.
+"""The demo's backbone: a tiny MoE of a real architecture, pre-trained on the benchmarks' formats.
 
-A byte-level BPE tokenizer (with alloy's chat template) is trained on the traces' text, a tiny
-`qwen3_moe` or `deepseek_v3` model is made with its vocabulary, and a plain torch loop trains it on
-the mix of the domains (loss on every token of the chat-formatted trace), so that the backbone knows
-the chat format and a little of each domain before it is branched. The result is an ordinary HF
+A byte-level BPE tokenizer (with alloy's chat template, one token per digit) is trained on the text of
+every trace the demo has, a tiny `qwen3_moe` or `deepseek_v3` model is made with its vocabulary, and a
+plain torch loop trains it on the traces it is given (loss on every token of the chat-formatted trace,
+AdamW with a linear warm-up and a cosine decay). The demo gives it format traces
+(`alloy.demo.domains.format_traces`), so the backbone knows the chat and answer formats but none of
+the domains before it is branched. The result is an ordinary HF
 folder with config, safetensors and tokenizer, written under a temporary name and renamed; when the
 folder already exists it is reused as is.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from alloy.errors import AlloyError
 
@@ -20,10 +22,14 @@ MOE_ARCHITECTURES = ("qwen3_moe", "deepseek_v3")
 
 def build_backbone(out_dir: str | Path, traces: Sequence[Mapping[str, str]], *, arch: str = "qwen3_moe",
                    seed: int = 0, steps: int = 200, batch_size: int = 16, max_length: int = 384, lr: float = 3e-3,
-                   vocab_size: int = 1024, hidden_size: int = 64, num_layers: int = 2) -> Path:
+                   vocab_size: int = 1024, hidden_size: int = 64, num_layers: int = 2,
+                   tokenizer_texts: Sequence[str] = (),
+                   progress: Callable[[int, int, float], None] | None = None) -> Path:
     """Train the tokenizer and pre-train the tiny MoE backbone on `traces`; reuse `out_dir` when present.
 
-    `traces` are `{"prompt", "response"}` records (the demo passes its domains' traces, mixed).
+    `traces` are `{"prompt", "response"}` records; the tokenizer also learns from `tokenizer_texts`
+    (the demo passes its domains' traces, which the backbone is not trained on). `progress(step,
+    steps, loss)` is called after every optimizer step.
     """
     out = Path(out_dir)
     if (out / "config.json").is_file():
@@ -41,11 +47,14 @@ def build_backbone(out_dir: str | Path, traces: Sequence[Mapping[str, str]], *, 
 
     import torch
 
-    from alloy.io.atomic import atomic_dir
     from alloy.branch.data import Trace, collate, encode_traces, pad_id
+    from alloy.io.atomic import atomic_dir
+    from transformers import get_scheduler
+
     from alloy.tiny import make_tiny_model, save_tiny_checkpoint, train_tokenizer
 
-    tokenizer = train_tokenizer([t["prompt"] + "\n" + t["response"] for t in traces], vocab_size=vocab_size)
+    texts = [t["prompt"] + "\n" + t["response"] for t in traces] + list(tokenizer_texts)
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, split_digits=True)
     encoded = encode_traces(tokenizer, [Trace(str(i), t["prompt"], t["response"]) for i, t in enumerate(traces)],
                             max_length, "the demo traces")
     # pre-training: every token is a target, not only the response
@@ -53,11 +62,10 @@ def build_backbone(out_dir: str | Path, traces: Sequence[Mapping[str, str]], *, 
     model = make_tiny_model(arch, seed=seed, vocab_size=len(tokenizer), hidden_size=hidden_size, num_layers=num_layers)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 20)
-                                                 * max(0.1, 1.0 - step / steps))
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=round(0.05 * steps), num_training_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     pad = pad_id(tokenizer)
-    for _ in range(steps):
+    for step in range(steps):
         picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
         batch = collate([examples[i] for i in picks], pad)
         loss = model(**batch).loss
@@ -66,6 +74,8 @@ def build_backbone(out_dir: str | Path, traces: Sequence[Mapping[str, str]], *, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if progress is not None:
+            progress(step + 1, steps, loss.item())
     model.eval()
     with atomic_dir(out) as staging:
         save_tiny_checkpoint(model, staging, tokenizer)

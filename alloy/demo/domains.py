@@ -1,45 +1,51 @@
-"""Three synthetic domains for the demo, written in the benchmarks' own record formats.
+"""Three learnable synthetic domains for the demo, written in the benchmarks' own record formats.
 
 Each domain yields problems as (a) evaluation records that alloy's evaluators read as
 `<data_dir>/<task>.jsonl`, and (b) teacher traces `{"prompt", "response"}` for the branch phase, whose
-responses look like a reasoning model's: `<think>\\n…\\n</think>\\n\\n` and then the answer.
+responses look like a reasoning model's: `<think>\\n…\\n</think>\\n\\n` and then the answer. Trace
+prompts are the prompts alloy's evaluators (`evaluators/`) show for the same record, so the experts
+learn the format they are scored in. The domains are sized for a tiny model on two CPU cores:
 
-Trace prompts are the prompts alloy's evaluators (`evaluators/`) show for the same record, so the
-experts learn the format they are scored in:
-
-- `math` → `aime24` records `{id, problem, answer}` (integer answers 0–999 as strings); the prompt is
-  the aime task's `doc_to_text`; responses end with `\\boxed{N}`.
+- `math` → `aime24` records `{id, problem, answer}`: a two-digit number plus a one-digit number, in a
+  few phrasings. The trace adds digit by digit (units with the carry, then tens), so every step is a
+  one-digit sum the model sees in training, and the response ends with `\\boxed{N}`. Evaluation uses
+  new pairs of numbers.
 - `science` → `gpqa_diamond` records in GPQA's raw format (`Question`, `Correct Answer`,
-  `Incorrect Answer 1..3`, plus `Record ID`). The evaluator shuffles the choices itself (lm-eval's
-  seeded shuffle over the file); a trace's prompt is the gpqa task's `doc_to_text` over the choices
-  shuffled by the same code (`alloy.evaluation.datasets.gpqa_records`) seeded per question, and its
-  response ends with "The answer is (X)." (the final period also lets lm-eval's own strict
-  `(?<=The answer is )(.*)(?=.)` filter capture "(X)").
+  `Incorrect Answer 1..3`, `Record ID`) over a fixed body of facts (chemical symbols, atomic numbers,
+  planets, organelles); the wrong choices are other facts' answers of the same kind. The evaluator
+  shuffles the choices itself (lm-eval's seeded shuffle over the file); a trace's prompt is the gpqa
+  task's `doc_to_text` over the choices shuffled by the same code
+  (`alloy.evaluation.datasets.gpqa_records`), and its response ends with "The answer is (X)." (the
+  final period also lets lm-eval's strict `(?<=The answer is )(.*)(?=.)` filter capture "(X)").
+  Evaluation uses new questions: a fact with a set and order of choices no trace shows.
 - `code` → `livecodebench` records (stdin problems, LiveCodeBench's field names, tests as a JSON
-  string); the prompt is the evaluator's `build_prompt`; responses end with a fenced ```python
-  block. Every program is run on its tests in a subprocess (the generator's own code, so no sandbox)
-  and compared as the evaluator compares, before it is used.
+  string) from a handful of program templates, each with a few phrasings of its statement: the model
+  must pick the template's program from the statement. Evaluation problems have test inputs no
+  training problem has. Every program is run on its tests in a subprocess (the generator's own code,
+  so no sandbox) and compared as the evaluator compares, before it is used.
 
-Generation is deterministic given the seed, and prefix-stable: the first k problems of a domain do not
-depend on how many more are asked for, so the evaluation split does not move when `n_train` changes.
+`format_traces` gives the backbone's pre-training data: the same three formats over content that
+teaches none of the domains (copy a number into the box, find the option that is a given word, echo a
+line), so the backbone knows the formats and the experts learn the domains.
+
+`split_domain` makes a domain's evaluation and training problems, deterministic given the seed and
+disjoint (`overlap` says what the two sets share; `write_domain_data` refuses to write a split that
+shares anything).
 """
 from __future__ import annotations
 
 import json
-import math
-import operator
 import random
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from alloy.io.atomic import atomic_write_text
 from alloy.errors import AlloyError
 from alloy.evaluation.datasets import gpqa_records
 from alloy.evaluation.livecodebench import build_prompt, extract_code, stdout_matches
+from alloy.io.atomic import atomic_write_text
 
 DOMAIN_TASKS: dict[str, str] = {"math": "aime24", "science": "gpqa_diamond", "code": "livecodebench"}
 """Domain name -> the evaluation task whose `<task>.jsonl` its records are written to."""
@@ -50,10 +56,13 @@ _MAX_ATTEMPTS_PER_ITEM = 200
 
 @dataclass(frozen=True)
 class DomainItem:
-    """One synthetic problem: its record in the benchmark's format and a teacher trace for it."""
+    """One synthetic problem: its record in the benchmark's format, a teacher trace for it, and what
+    identifies it (`key`, the problem as the model sees it) and what it is made of (`parts`: the
+    number pair, the fact, the test inputs) for the disjointness of the splits."""
 
     domain: str
-    key: str  # identity of the problem, used to keep problems distinct
+    key: str
+    parts: frozenset[str]
     record: dict[str, Any]
     trace: dict[str, str]
 
@@ -78,121 +87,63 @@ def math_prompt(problem: str) -> str:
     return f"{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
 
-def _math_packs(rng: random.Random):
-    name, thing = rng.choice(_NAMES), rng.choice(("marbles", "stickers", "apples", "cards", "stamps"))
-    a, b, c = rng.randint(2, 99), rng.randint(2, 20), rng.randint(2, 40)
-    ans = a + b * c
-    problem = (f"{name} has {a} {thing}. {name} buys {b} packs with {c} {thing} in each pack. "
-               f"How many {thing} does {name} have now?")
-    steps = [f"{name} starts with {a} {thing}.", f"The packs hold {b} * {c} = {b * c} {thing}.",
-             f"Together: {a} + {b * c} = {ans}.", f"Wait, let me check: {ans} - {b * c} = {a}. Correct."]
-    return problem, ans, steps
+_MATH_PHRASINGS = (
+    "What is {a} + {b}?",
+    "Compute {a} plus {b}.",
+    "{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?",
+    "A box holds {a} {thing}. {name} puts in {b} more. How many {thing} are in the box?",
+)
+_THINGS = ("marbles", "stickers", "apples", "cards", "stamps", "coins")
 
 
-def _math_distance(rng: random.Random):
-    speed, hours = rng.randint(10, 99), rng.randint(2, 9)
-    ans = speed * hours
-    problem = f"A train travels at {speed} kilometers per hour for {hours} hours. How many kilometers does it travel?"
-    steps = ["Distance is speed times time.", f"{speed} * {hours} = {ans}.",
-             f"Wait, let me check: {ans} / {hours} = {speed}. Correct."]
-    return problem, ans, steps
-
-
-def _math_leftover(rng: random.Random):
-    total, box = rng.randint(100, 999), rng.randint(3, 30)
-    full, ans = divmod(total, box)
-    problem = (f"A baker makes {total} cookies and packs them into boxes of {box}. How many cookies are "
-               f"left over after filling as many boxes as possible?")
-    steps = [f"{total} divided by {box} is {full} full boxes.", f"They hold {full} * {box} = {full * box} cookies.",
-             f"Left over: {total} - {full * box} = {ans}.", f"Wait, {ans} < {box}, so no more boxes fit. Correct."]
-    return problem, ans, steps
-
-
-def _math_spending(rng: random.Random):
-    name = rng.choice(_NAMES)
-    have = rng.randint(200, 999)
-    book = rng.randint(10, have // 2)
-    lunch = rng.randint(5, have - book)
-    ans = have - book - lunch
-    problem = (f"{name} has {have} dollars, spends {book} dollars on a book and {lunch} dollars on lunch. "
-               f"How many dollars are left?")
-    steps = [f"Spent in total: {book} + {lunch} = {book + lunch}.", f"Left: {have} - {book + lunch} = {ans}.",
-             f"Wait, let me check: {ans} + {book + lunch} = {have}. Correct."]
-    return problem, ans, steps
-
-
-def _math_triangular(rng: random.Random):
-    n = rng.randint(5, 44)
-    ans = n * (n + 1) // 2
-    problem = f"What is the sum of all integers from 1 to {n}?"
-    steps = [f"Pair the terms: the sum is n(n+1)/2 with n = {n}.", f"{n} * {n + 1} = {n * (n + 1)}.",
-             f"Half of it is {ans}.", f"Wait, the average term is {(n + 1) / 2} and there are {n} terms: {ans}. Correct."]
-    return problem, ans, steps
-
-
-def _math_perimeter(rng: random.Random):
-    length, width = rng.randint(3, 200), rng.randint(3, 200)
-    ans = 2 * (length + width)
-    problem = f"A rectangle has length {length} and width {width}. What is its perimeter?"
-    steps = ["The perimeter is 2 * (length + width).", f"{length} + {width} = {length + width}.",
-             f"2 * {length + width} = {ans}."]
-    return problem, ans, steps
-
-
-def _math_modpow(rng: random.Random):
-    base, exp, mod = rng.randint(2, 20), rng.randint(2, 8), rng.randint(7, 997)
-    ans = pow(base, exp, mod)
-    problem = f"Find the remainder when ${base}^{{{exp}}}$ is divided by ${mod}$."
-    steps, value = [f"Work modulo {mod}, one power at a time."], base % mod
-    steps.append(f"{base}^1 = {value} (mod {mod}).")
-    for k in range(2, exp + 1):
-        nxt = value * base % mod
-        steps.append(f"{base}^{k} = {value} * {base} = {value * base} = {nxt} (mod {mod}).")
-        value = nxt
-    steps.append(f"So the remainder is {ans}.")
-    return problem, ans, steps
-
-
-def _math_divisors(rng: random.Random):
-    n = rng.randint(2, 999)
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    problem = f"How many positive divisors does {n} have?"
-    steps = [f"List the divisors of {n}: {', '.join(map(str, divisors))}.", f"That is {len(divisors)} divisors.",
-             "Wait, let me check the pairs d and n/d: each divisor appears with its partner. Correct."]
-    return problem, len(divisors), steps
-
-
-_MATH_TEMPLATES = (_math_packs, _math_distance, _math_leftover, _math_spending, _math_triangular,
-                   _math_perimeter, _math_modpow, _math_divisors)
+def addition_steps(a: int, b: int) -> list[str]:
+    """The trace's digit-by-digit sum of a two-digit `a` and a one-digit `b`."""
+    tens, units = divmod(a, 10)
+    low = units + b
+    carry = low // 10
+    return [f"{a} + {b}", f"units: {units} + {b} = {low}, carry {carry}",
+            f"tens: {tens} + {carry} = {tens + carry}", f"so {a} + {b} = {a + b}"]
 
 
 def _math_item(rng: random.Random, index: int) -> DomainItem:
-    problem, ans, steps = rng.choice(_MATH_TEMPLATES)(rng)
-    assert 0 <= ans <= 999, (problem, ans)
-    response = _think(steps + [f"So the answer is {ans}."]) + f"The answer is \\boxed{{{ans}}}"
-    record = {"id": f"demo-math-{index:04d}", "problem": problem, "answer": str(ans)}
-    return DomainItem("math", problem, record, {"prompt": math_prompt(problem), "response": response})
+    a, b = rng.randint(10, 99), rng.randint(2, 9)
+    problem = rng.choice(_MATH_PHRASINGS).format(a=a, b=b, name=rng.choice(_NAMES), thing=rng.choice(_THINGS))
+    response = _think(addition_steps(a, b)) + f"The answer is \\boxed{{{a + b}}}"
+    record = {"id": f"demo-math-{index:04d}", "problem": problem, "answer": str(a + b)}
+    return DomainItem("math", problem, frozenset({f"{a}+{b}"}), record,
+                      {"prompt": math_prompt(problem), "response": response})
 
 
 # -------------------------------------------------------------------------------------- science
 
-_ELEMENTS = (("hydrogen", 1), ("helium", 2), ("lithium", 3), ("beryllium", 4), ("boron", 5), ("carbon", 6),
-             ("nitrogen", 7), ("oxygen", 8), ("fluorine", 9), ("neon", 10), ("sodium", 11), ("magnesium", 12),
-             ("aluminium", 13), ("silicon", 14), ("phosphorus", 15), ("sulfur", 16), ("chlorine", 17),
-             ("argon", 18), ("potassium", 19), ("calcium", 20), ("iron", 26), ("copper", 29), ("zinc", 30))
-_COMPOUNDS = (("water", 18), ("carbon dioxide", 44), ("sodium chloride", 58), ("methane", 16),
-              ("ammonia", 17), ("glucose", 180), ("oxygen gas", 32), ("nitrogen gas", 28))
-_FACTS = (
-    ("Which organelle produces most of a eukaryotic cell's ATP?", "Mitochondrion",
-     ("Ribosome", "Golgi apparatus", "Lysosome")),
-    ("Which molecule carries amino acids to the ribosome during translation?", "Transfer RNA",
-     ("Messenger RNA", "DNA polymerase", "Ribosomal RNA")),
-    ("Which gas is the main product of photosynthesis released into the air?", "Oxygen",
-     ("Carbon dioxide", "Nitrogen", "Methane")),
-    ("Which particle has no electric charge?", "Neutron", ("Proton", "Electron", "Positron")),
-    ("Which type of bond shares electron pairs between atoms?", "Covalent bond",
-     ("Ionic bond", "Hydrogen bond", "Metallic bond")),
-    ("Which planet is closest to the Sun?", "Mercury", ("Venus", "Mars", "Earth")),
+_SYMBOLS = (("hydrogen", "H"), ("helium", "He"), ("lithium", "Li"), ("carbon", "C"), ("nitrogen", "N"),
+            ("oxygen", "O"), ("fluorine", "F"), ("neon", "Ne"), ("sodium", "Na"), ("magnesium", "Mg"),
+            ("aluminium", "Al"), ("silicon", "Si"), ("sulfur", "S"), ("chlorine", "Cl"), ("potassium", "K"),
+            ("calcium", "Ca"), ("iron", "Fe"), ("copper", "Cu"), ("zinc", "Zn"), ("silver", "Ag"),
+            ("gold", "Au"), ("lead", "Pb"))
+_NUMBERS = (("hydrogen", "1"), ("helium", "2"), ("lithium", "3"), ("carbon", "6"), ("nitrogen", "7"),
+            ("oxygen", "8"), ("neon", "10"), ("sodium", "11"), ("magnesium", "12"), ("silicon", "14"),
+            ("sulfur", "16"), ("calcium", "20"), ("iron", "26"), ("copper", "29"))
+_PLANETS = (("closest to the Sun", "Mercury"), ("largest", "Jupiter"), ("with the most famous rings", "Saturn"),
+            ("known as the red planet", "Mars"), ("hottest", "Venus"), ("farthest from the Sun", "Neptune"),
+            ("that rotates on its side", "Uranus"), ("we live on", "Earth"))
+_ORGANELLES = (("makes most of the cell's ATP", "Mitochondrion"), ("builds proteins", "Ribosome"),
+               ("holds the cell's DNA", "Nucleus"), ("captures light for photosynthesis", "Chloroplast"),
+               ("packages proteins for export", "Golgi apparatus"), ("digests waste", "Lysosome"))
+
+
+@dataclass(frozen=True)
+class _FactKind:
+    question: str  # with {subject}
+    fact: str  # the trace's sentence, with {subject} and {answer}
+    facts: tuple[tuple[str, str], ...]  # subject -> answer
+
+
+_FACT_KINDS = (
+    _FactKind("What is the chemical symbol of {subject}?", "The symbol of {subject} is {answer}.", _SYMBOLS),
+    _FactKind("What is the atomic number of {subject}?", "The atomic number of {subject} is {answer}.", _NUMBERS),
+    _FactKind("Which planet is the one {subject}?", "The planet {subject} is {answer}.", _PLANETS),
+    _FactKind("Which organelle {subject}?", "The organelle that {subject} is the {answer}.", _ORGANELLES),
 )
 
 
@@ -204,237 +155,133 @@ def gpqa_prompt(question: str, choices: list[str]) -> str:
             f"{question}\n\n(A) {a}\n(B) {b}\n(C) {c}\n(D) {d}")
 
 
-def _distractors(rng: random.Random, correct: int, candidates: Iterable[int]) -> list[int]:
-    """Three distinct positive wrong values, taken from `candidates` and then from nearby numbers."""
-    out: list[int] = []
-    for value in list(candidates) + [correct + k for k in (1, -1, 2, -2, 3, 5, 7, 10)]:
-        if value > 0 and value != correct and value not in out:
-            out.append(value)
-    return rng.sample(out[:6], 3)
-
-
-def _sci_force(rng: random.Random):
-    m, a = rng.randint(2, 50), rng.randint(2, 20)
-    f = m * a
-    q = f"An object of mass {m} kg accelerates at {a} m/s^2. What is the net force acting on it?"
-    wrong = _distractors(rng, f, [m + a, 2 * f, m * (a + 1), (m - 1) * a])
-    steps = [f"Newton's second law: F = m a = {m} kg * {a} m/s^2 = {f} N.",
-             f"Wait, let me check: {f} N / {m} kg = {a} m/s^2. Correct."]
-    return q, f"{f} N", [f"{w} N" for w in wrong], steps
-
-
-def _sci_wave(rng: random.Random):
-    freq, wavelength = rng.randint(2, 99), rng.randint(2, 30)
-    v = freq * wavelength
-    q = f"A wave has a frequency of {freq} Hz and a wavelength of {wavelength} m. What is its speed?"
-    wrong = _distractors(rng, v, [freq + wavelength, 2 * v, freq * (wavelength - 1), freq * (wavelength + 2)])
-    steps = [f"Wave speed is frequency times wavelength: v = {freq} Hz * {wavelength} m = {v} m/s."]
-    return q, f"{v} m/s", [f"{w} m/s" for w in wrong], steps
-
-
-def _sci_kinetic(rng: random.Random):
-    m, v = 2 * rng.randint(1, 10), rng.randint(1, 20)
-    e = m * v * v // 2
-    q = f"What is the kinetic energy of a {m} kg object moving at {v} m/s?"
-    wrong = _distractors(rng, e, [m * v * v, m * v // 2, m * v, e + m])
-    steps = [f"Kinetic energy is (1/2) m v^2 = 0.5 * {m} * {v}^2.", f"{v}^2 = {v * v}; 0.5 * {m} * {v * v} = {e} J.",
-             f"Wait, forgetting the 1/2 would give {m * v * v} J, which is a trap. The result is {e} J."]
-    return q, f"{e} J", [f"{w} J" for w in wrong], steps
-
-
-def _sci_ohm(rng: random.Random):
-    current, resistance = rng.randint(2, 20), rng.randint(2, 60)
-    volts = current * resistance
-    q = f"A current of {current} A flows through a {resistance} ohm resistor. What is the voltage across it?"
-    wrong = _distractors(rng, volts, [current + resistance, 2 * volts, (current + 1) * resistance])
-    steps = [f"Ohm's law: V = I R = {current} A * {resistance} ohm = {volts} V."]
-    return q, f"{volts} V", [f"{w} V" for w in wrong], steps
-
-
-def _sci_protons(rng: random.Random):
-    element, z = rng.choice(_ELEMENTS)
-    q = f"How many protons are in the nucleus of a neutral {element} atom?"
-    wrong = _distractors(rng, z, [z + 1, z - 1, 2 * z, z + 2])
-    steps = [f"The number of protons equals the atomic number of {element}, which is {z}."]
-    return q, str(z), [str(w) for w in wrong], steps
-
-
-def _sci_moles(rng: random.Random):
-    compound, molar = rng.choice(_COMPOUNDS)
-    moles = rng.randint(2, 12)
-    grams = moles * molar
-    q = f"How many moles are in {grams} g of {compound} (molar mass {molar} g/mol)?"
-    wrong = _distractors(rng, moles, [moles + 1, moles * 2, moles - 1, moles + 3])
-    steps = [f"Moles = mass / molar mass = {grams} g / {molar} g/mol = {moles} mol.",
-             f"Wait, let me check: {moles} * {molar} = {grams}. Correct."]
-    return q, f"{moles} mol", [f"{w} mol" for w in wrong], steps
-
-
-def _sci_fact(rng: random.Random):
-    q, correct, wrong = rng.choice(_FACTS)
-    return q, correct, list(wrong), [f"This is a standard fact: the answer is {correct}."]
-
-
-_SCIENCE_TEMPLATES = (_sci_force, _sci_wave, _sci_kinetic, _sci_ohm, _sci_protons, _sci_moles, _sci_fact)
+def _choice_item(domain: str, index: int, question: str, correct: str, wrong: list[str], steps: list[str],
+                 rng: random.Random, parts: frozenset[str]) -> DomainItem:
+    """A four-choice item: the raw GPQA record and a trace over the evaluator's own shuffle."""
+    record = {"Record ID": f"demo-{domain}-{index:04d}", "Question": question, "Correct Answer": correct,
+              "Incorrect Answer 1": wrong[0], "Incorrect Answer 2": wrong[1], "Incorrect Answer 3": wrong[2]}
+    doc = gpqa_records([record], seed=rng.randrange(2**32))[0]
+    letter = doc["answer"].strip("()")
+    prompt = gpqa_prompt(doc["question"], doc["choices"])
+    response = _think(steps) + f"{correct} is option ({letter}). The answer is ({letter})."
+    return DomainItem(domain, prompt, parts, record, {"prompt": prompt, "response": response})
 
 
 def _science_item(rng: random.Random, index: int) -> DomainItem:
-    question, correct, wrong, steps = rng.choice(_SCIENCE_TEMPLATES)(rng)
-    assert len({correct, *wrong}) == 4, (question, correct, wrong)
-    record = {"Record ID": f"demo-science-{index:04d}", "Question": question, "Correct Answer": correct,
-              "Incorrect Answer 1": wrong[0], "Incorrect Answer 2": wrong[1], "Incorrect Answer 3": wrong[2]}
-    doc = gpqa_records([record], seed=rng.randrange(2**32))[0]  # the evaluator's shuffle, seeded per question
-    letter = doc["answer"].strip("()")
-    response = (_think(steps + [f"Among the choices, {correct} is option ({letter})."])
-                + f"{correct} is correct. The answer is ({letter}).")
-    return DomainItem("science", question, record, {"prompt": gpqa_prompt(doc["question"], doc["choices"]),
-                                                    "response": response})
+    kind = rng.choice(_FACT_KINDS)
+    subject, correct = rng.choice(kind.facts)
+    wrong = rng.sample([answer for _, answer in kind.facts if answer != correct], 3)
+    return _choice_item("science", index, kind.question.format(subject=subject), correct, wrong,
+                        [kind.fact.format(subject=subject, answer=correct)], rng,
+                        frozenset({kind.question.format(subject=subject)}))
 
 
 # ----------------------------------------------------------------------------------------- code
 
 
 @dataclass(frozen=True)
-class _CodeTask:
-    title: str
-    statement: str
+class _CodeTemplate:
+    titles: tuple[str, ...]
+    statements: tuple[str, ...]
     input_format: str
     program: str
     solve: Callable[[str], str]  # reference: stdin text -> expected stdout text
     make_input: Callable[[random.Random], str]
-    idea: str  # one sentence of the trace's reasoning
-
-
-def _ints_line(rng: random.Random, n: int, lo: int, hi: int) -> str:
-    return " ".join(str(rng.randint(lo, hi)) for _ in range(n))
+    idea: str  # the trace's reasoning
 
 
 def _list_input(rng: random.Random) -> str:
-    n = rng.randint(1, 8)
-    return f"{n}\n{_ints_line(rng, n, -50, 50)}\n"
+    n = rng.randint(2, 8)
+    return f"{n}\n" + " ".join(str(rng.randint(-99, 99)) for _ in range(n)) + "\n"
 
 
-def _code_arith(rng: random.Random) -> _CodeTask:
-    op, word, apply = rng.choice((("+", "A + B", operator.add), ("-", "A - B", operator.sub),
-                                  ("*", "A * B", operator.mul)))
-    k, c = rng.randint(1, 9), rng.randint(0, 9)
-    return _CodeTask(
-        f"Scaled {word} ({k}, {c})", f"You are given two integers A and B. Print ({word}) * {k} + {c}.",
-        "A B", f"a, b = map(int, input().split())\nprint((a {op} b) * {k} + {c})",
-        lambda s: f"{apply(*map(int, s.split())) * k + c}\n",
-        lambda r: f"{_ints_line(r, 2, -100, 100)}\n", f"I read A and B, compute (A {op} B) * {k} + {c} and print it.")
+def _word_input(rng: random.Random) -> str:
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) + "\n"
 
 
-def _code_count(rng: random.Random) -> _CodeTask:
-    k = rng.randint(-50, 50)
-    above = rng.random() < 0.5
-    rel, cmp = ("greater than", ">") if above else ("less than", "<")
-    return _CodeTask(
-        f"Count {rel.split()[0].title()} {k}", f"You are given N integers. Print how many of them are {rel} {k}.",
-        "N\nA_1 A_2 ... A_N",
-        f"n = int(input())\nvalues = list(map(int, input().split()))\nprint(sum(1 for v in values if v {cmp} {k}))",
-        lambda s: f"{sum(1 for v in map(int, s.split()[1:]) if (v > k if above else v < k))}\n",
-        _list_input, f"I read the N values and count those {rel} {k}.")
+def _pair_input(rng: random.Random) -> str:
+    return f"{rng.randint(-999, 999)} {rng.randint(-999, 999)}\n"
 
 
-def _code_replace(rng: random.Random) -> _CodeTask:
-    x, y = rng.sample("abcdefghijklmnopqrstuvwxyz", 2)
-    return _CodeTask(
-        f"Replace {x} With {y}", f"You are given a string S of lowercase letters. Print S with every '{x}' replaced by '{y}'.",
-        "S", f"s = input().strip()\nprint(s.replace({x!r}, {y!r}))",
-        lambda s: s.strip().replace(x, y) + "\n",
-        lambda r: "".join(r.choice("abcdefghij" + x * 3) for _ in range(r.randint(1, 12))) + "\n",
-        f"I read S and replace each '{x}' with '{y}'.")
+def _values(text: str) -> list[int]:
+    return list(map(int, text.split()[1:]))
 
 
-def _code_count_char(rng: random.Random) -> _CodeTask:
-    ch = rng.choice("abcdefghijklmnopqrstuvwxyz")
-    return _CodeTask(
-        f"Count The Letter {ch}", f"You are given a string S of lowercase letters. Print how many times '{ch}' occurs in S.",
-        "S", f"s = input().strip()\nprint(s.count({ch!r}))",
-        lambda s: f"{s.strip().count(ch)}\n",
-        lambda r: "".join(r.choice("abcdefgh" + ch * 2) for _ in range(r.randint(1, 15))) + "\n",
-        f"I read S and count the occurrences of '{ch}'.")
+_LIST_FORMAT = "N\nA_1 A_2 ... A_N"
+_CODE_TEMPLATES = (
+    _CodeTemplate(("Sum of Numbers", "Total"), ("You are given N integers. Print their sum.",
+                                                "Print the sum of the N given integers."),
+                  _LIST_FORMAT, "n = int(input())\nprint(sum(map(int, input().split())))",
+                  lambda s: f"{sum(_values(s))}\n", _list_input, "I read the N integers and print their sum."),
+    _CodeTemplate(("Largest Number", "Maximum"), ("You are given N integers. Print the largest of them.",
+                                                  "Print the maximum of the N given integers."),
+                  _LIST_FORMAT, "n = int(input())\nprint(max(map(int, input().split())))",
+                  lambda s: f"{max(_values(s))}\n", _list_input, "I read the N integers and print the maximum."),
+    _CodeTemplate(("Smallest Number", "Minimum"), ("You are given N integers. Print the smallest of them.",
+                                                   "Print the minimum of the N given integers."),
+                  _LIST_FORMAT, "n = int(input())\nprint(min(map(int, input().split())))",
+                  lambda s: f"{min(_values(s))}\n", _list_input, "I read the N integers and print the minimum."),
+    _CodeTemplate(("Reverse", "Backwards"), ("You are given a string S. Print S reversed.",
+                                             "Print the string S from its last character to its first."),
+                  "S", "s = input().strip()\nprint(s[::-1])", lambda s: s.strip()[::-1] + "\n", _word_input,
+                  "I read S and print it reversed."),
+    _CodeTemplate(("Upper Case", "Shout"), ("You are given a string S of lowercase letters. Print S in upper case.",
+                                            "Print the string S with every letter made upper case."),
+                  "S", "s = input().strip()\nprint(s.upper())", lambda s: s.strip().upper() + "\n", _word_input,
+                  "I read S and print it in upper case."),
+    _CodeTemplate(("Length", "Count Letters"), ("You are given a string S. Print its length.",
+                                                "Print how many characters the string S has."),
+                  "S", "s = input().strip()\nprint(len(s))", lambda s: f"{len(s.strip())}\n", _word_input,
+                  "I read S and print its length."),
+    _CodeTemplate(("Product", "Multiply"), ("You are given two integers A and B. Print A times B.",
+                                            "Print the product of the two given integers A and B."),
+                  "A B", "a, b = map(int, input().split())\nprint(a * b)",
+                  lambda s: f"{int(s.split()[0]) * int(s.split()[1])}\n", _pair_input,
+                  "I read A and B and print their product."),
+    _CodeTemplate(("Difference", "Subtract"), ("You are given two integers A and B. Print A minus B.",
+                                               "Print the difference A - B of the two given integers."),
+                  "A B", "a, b = map(int, input().split())\nprint(a - b)",
+                  lambda s: f"{int(s.split()[0]) - int(s.split()[1])}\n", _pair_input,
+                  "I read A and B and print A - B."),
+)
 
 
-def _code_multiples(rng: random.Random) -> _CodeTask:
-    k = rng.randint(2, 60)
-    return _CodeTask(
-        f"Sum Of Multiples Of {k}", f"You are given an integer N. Print the sum of the first N positive multiples of {k}.",
-        "N", f"n = int(input())\nprint({k} * n * (n + 1) // 2)",
-        lambda s: f"{k * int(s) * (int(s) + 1) // 2}\n",
-        lambda r: f"{r.randint(1, 1000)}\n", f"The sum is {k} * (1 + 2 + ... + N) = {k} * N * (N + 1) / 2.")
-
-
-def _code_divisible(rng: random.Random) -> _CodeTask:
-    k = rng.randint(2, 50)
-    yes, no = rng.choice((("Yes", "No"), ("YES", "NO")))
-    return _CodeTask(
-        f"Divisible By {k} ({yes})", f"You are given an integer N. Print {yes} if N is divisible by {k}, otherwise print {no}.",
-        "N", f"n = int(input())\nprint({yes!r} if n % {k} == 0 else {no!r})",
-        lambda s: f"{yes if int(s) % k == 0 else no}\n",
-        lambda r: f"{r.randint(1, 100) * (k if r.random() < 0.5 else 1)}\n", f"I check whether N % {k} == 0.")
-
-
-def _code_product_mod(rng: random.Random) -> _CodeTask:
-    m = rng.randint(2, 1000)
-    return _CodeTask(
-        f"Product Modulo {m}", f"You are given N integers. Print their product modulo {m} (a value between 0 and {m - 1}).",
-        "N\nA_1 A_2 ... A_N",
-        f"n = int(input())\nresult = 1\nfor v in map(int, input().split()):\n    result = result * v % {m}\nprint(result)",
-        lambda s: f"{math.prod(map(int, s.split()[1:])) % m}\n",
-        _list_input, f"I multiply the values, reducing modulo {m} after each step.")
-
-
-def _code_fizz(rng: random.Random) -> _CodeTask:
-    k, word = rng.randint(2, 9), rng.choice(("Fizz", "Buzz", "Bang", "Ping", "Pong", "Zap", "Boom", "Tick"))
-    return _CodeTask(
-        f"{word} Every {k}", f"You are given an integer N. Print the numbers 1 to N, one per line, writing {word} "
-                              f"instead of every multiple of {k}.",
-        "N", f"n = int(input())\nfor i in range(1, n + 1):\n    print({word!r} if i % {k} == 0 else i)",
-        lambda s: "".join(f"{word if i % k == 0 else i}\n" for i in range(1, int(s) + 1)),
-        lambda r: f"{r.randint(1, 20)}\n", f"I loop from 1 to N and print {word} for multiples of {k}.")
-
-
-def _code_digits(rng: random.Random) -> _CodeTask:
-    k = rng.randint(1, 30)
-    return _CodeTask(
-        f"Digit Sum Times {k}", f"You are given a positive integer N. Print the sum of its decimal digits multiplied by {k}.",
-        "N", f"n = input().strip()\nprint(sum(int(d) for d in n) * {k})",
-        lambda s: f"{sum(int(d) for d in s.strip()) * k}\n",
-        lambda r: f"{r.randint(1, 10 ** 9)}\n", f"I add the digits of N and multiply by {k}.")
-
-
-_CODE_TEMPLATES = (_code_arith, _code_count, _code_replace, _code_count_char, _code_multiples, _code_divisible,
-                   _code_product_mod, _code_fizz, _code_digits)
-
-
-def _statement(task: _CodeTask, sample_in: str, sample_out: str) -> str:
-    return (f"{task.statement}\n\nInput\n\nThe input is given from Standard Input in the following format:\n"
-            f"{task.input_format}\n\nOutput\n\nPrint the answer.\n\n"
+def _statement(statement: str, input_format: str, sample_in: str, sample_out: str) -> str:
+    return (f"{statement}\n\nInput\n\nThe input is given from Standard Input in the following format:\n"
+            f"{input_format}\n\nOutput\n\nPrint the answer.\n\n"
             f"Sample Input 1\n\n{sample_in}\nSample Output 1\n\n{sample_out}")
 
 
-def _code_item(rng: random.Random, index: int) -> DomainItem:
-    task = rng.choice(_CODE_TEMPLATES)(rng)
-    inputs: list[str] = []
-    for _ in range(20):
-        if len(inputs) == 3:
-            break
-        candidate = task.make_input(rng)
-        if candidate not in inputs:
-            inputs.append(candidate)
-    tests = [{"input": s, "output": task.solve(s), "testtype": "stdin"} for s in inputs]
-    content = _statement(task, tests[0]["input"], tests[0]["output"])
-    record = {"question_title": task.title, "question_content": content, "platform": "atcoder",
-              "question_id": f"demo-code-{index:04d}", "contest_id": "demo",
+def _program_item(domain: str, index: int, title: str, statement: str, input_format: str, program: str,
+                  solve: Callable[[str], str], inputs: list[str], idea: str) -> DomainItem:
+    """A stdin problem in LiveCodeBench's fields, and a trace whose response is `program`."""
+    tests = [{"input": s, "output": solve(s), "testtype": "stdin"} for s in inputs]
+    content = _statement(statement, input_format, tests[0]["input"], tests[0]["output"])
+    record = {"question_title": title, "question_content": content, "platform": "atcoder",
+              "question_id": f"demo-{domain}-{index:04d}", "contest_id": "demo",
               "contest_date": "2024-01-01T00:00:00", "starter_code": "", "difficulty": "easy",
               "public_test_cases": json.dumps(tests), "private_test_cases": "[]", "metadata": "{}"}
-    sample_in, sample_out = tests[0]["input"].strip(), tests[0]["output"].strip()
-    steps = [task.idea, f"Check with the sample: input {sample_in!r} should print {sample_out!r}.",
-             "Wait, the input is read from stdin and the result printed to stdout. Good."]
-    response = _think(steps) + f"```python\n{task.program}\n```"
-    return DomainItem("code", task.program, record, {"prompt": build_prompt(record), "response": response})
+    response = _think([idea, "The input is read from stdin and the result printed to stdout."])
+    response += f"```python\n{program}\n```"
+    return DomainItem(domain, content, frozenset(f"input:{s}" for s in inputs), record,
+                      {"prompt": build_prompt(record), "response": response})
+
+
+def _distinct_inputs(rng: random.Random, make: Callable[[random.Random], str], k: int) -> list[str]:
+    inputs: list[str] = []
+    for _ in range(20 * k):
+        if len(inputs) == k:
+            break
+        candidate = make(rng)
+        if candidate not in inputs:
+            inputs.append(candidate)
+    return inputs
+
+
+def _code_item(rng: random.Random, index: int) -> DomainItem:
+    t = rng.choice(_CODE_TEMPLATES)
+    return _program_item("code", index, rng.choice(t.titles), rng.choice(t.statements), t.input_format, t.program,
+                         t.solve, _distinct_inputs(rng, t.make_input, 3), t.idea)
 
 
 def run_stdin_program(code: str, stdin: str, timeout: float = 10.0) -> str:
@@ -460,14 +307,30 @@ def check_program(code: str, tests: list[dict[str, str]]) -> list[str]:
     return failures
 
 
-def _verify_code_items(items: list[DomainItem]) -> None:
-    def failures(item: DomainItem) -> list[str]:
-        return check_program(extract_code(item.trace["response"]) or "", json.loads(item.record["public_test_cases"]))
+_BATCH_RUNNER = """import contextlib, io, json, sys
+program, inputs = json.load(sys.stdin)
+outputs = []
+for text in inputs:
+    sys.stdin, out = io.StringIO(text), io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(program, "program", "exec"), {"__name__": "__main__"})
+    outputs.append(out.getvalue())
+sys.__stdout__.write(json.dumps(outputs))
+"""
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for item, failed in zip(items, pool.map(failures, items)):
-            if failed:
-                raise RuntimeError(f"generated program {item.record['question_id']} fails its own tests: {failed}")
+
+def _verify_code_items(items: list[DomainItem]) -> None:
+    """Run each distinct program on all the tests it must pass, in one subprocess per program."""
+    by_program: dict[str, list[dict[str, str]]] = {}
+    for item in items:
+        by_program.setdefault(extract_code(item.trace["response"]) or "", []).extend(
+            json.loads(item.record["public_test_cases"]))
+    for program, tests in by_program.items():
+        outputs = json.loads(run_stdin_program(_BATCH_RUNNER, json.dumps([program, [t["input"] for t in tests]])))
+        failed = [f"input {t['input']!r}: expected {t['output']!r}, got {got!r}"
+                  for t, got in zip(tests, outputs) if not stdout_matches(got, t["output"])]
+        if failed:
+            raise RuntimeError(f"generated program {program!r} fails its own tests: {failed[:3]}")
 
 
 # ---------------------------------------------------------------------------------- generation
@@ -476,30 +339,106 @@ _ITEM_MAKERS: dict[str, Callable[[random.Random, int], DomainItem]] = {
     "math": _math_item, "science": _science_item, "code": _code_item}
 
 
-def generate_domain(domain: str, n: int, seed: int) -> list[DomainItem]:
-    """`n` distinct problems of `domain` (one of DOMAIN_TASKS), deterministic given `seed`.
+def _check_counts(**counts: Any) -> None:
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise AlloyError(f"{name} must be a non-negative integer, got {value!r}")
 
-    Code items are verified: each program is run on its tests in a subprocess, and a failure raises.
-    """
-    if domain not in _ITEM_MAKERS:
-        raise AlloyError(f"unknown demo domain {domain!r}; choose one of {sorted(_ITEM_MAKERS)}")
-    if not isinstance(n, int) or n < 0:
-        raise AlloyError(f"number of {domain} problems must be a non-negative integer, got {n!r}")
-    rng = random.Random(f"alloy-demo:{domain}:{seed}")
+
+def _draw(make: Callable[[random.Random, int], DomainItem], rng: random.Random, n: int, what: str,
+          accept: Callable[[DomainItem], bool]) -> list[DomainItem]:
+    """`n` items of distinct keys that `accept` takes, from `make`, in the order drawn."""
     items: list[DomainItem] = []
     seen: set[str] = set()
     attempts = 0
     while len(items) < n:
         attempts += 1
         if attempts > _MAX_ATTEMPTS_PER_ITEM * (n + 1):
-            raise AlloyError(f"could only make {len(items)} distinct {domain} problems; ask for fewer than {n}")
-        item = _ITEM_MAKERS[domain](rng, len(items))
-        if item.key not in seen:
+            raise AlloyError(f"could only make {len(items)} distinct {what}; ask for fewer than {n}")
+        item = make(rng, len(items))
+        if item.key not in seen and accept(item):
             seen.add(item.key)
             items.append(item)
-    if domain == "code":
-        _verify_code_items(items)
     return items
+
+
+def split_domain(domain: str, n_train: int, n_eval: int, seed: int) -> tuple[list[DomainItem], list[DomainItem]]:
+    """(training problems, evaluation problems) of `domain` (one of DOMAIN_TASKS), deterministic given
+    `seed`, sharing no problem and no part (number pair, question with its choices, test input).
+
+    The evaluation problems are drawn first, so they do not depend on `n_train`. Code items are
+    verified: each program is run on its tests in a subprocess, and a failure raises.
+    """
+    if domain not in _ITEM_MAKERS:
+        raise AlloyError(f"unknown demo domain {domain!r}; choose one of {sorted(_ITEM_MAKERS)}")
+    _check_counts(n_train=n_train, n_eval=n_eval)
+    make = _ITEM_MAKERS[domain]
+    evaluation = _draw(make, random.Random(f"alloy-demo:{domain}:eval:{seed}"), n_eval, f"{domain} problems",
+                       lambda item: True)
+    held_out = {item.key for item in evaluation} | set(evaluation_prompts(domain, evaluation))
+    if domain != "science":  # a science fact is asked again in training, with other choices
+        held_out |= {part for item in evaluation for part in item.parts}
+    train = _draw(make, random.Random(f"alloy-demo:{domain}:train:{seed}"), n_train, f"{domain} training problems",
+                  lambda item: item.key not in held_out and not (item.parts & held_out))
+    if domain == "code":
+        _verify_code_items(train + evaluation)
+    return train, evaluation
+
+
+def evaluation_prompts(domain: str, evaluation: list[DomainItem]) -> list[str]:
+    """The prompts the evaluator shows for these evaluation problems (for gpqa, over its own shuffle
+    of the whole file)."""
+    if domain == "science":
+        return [gpqa_prompt(doc["question"], doc["choices"]) for doc in gpqa_records([i.record for i in evaluation])]
+    return [item.trace["prompt"] for item in evaluation]
+
+
+def overlap(domain: str, train: list[DomainItem], evaluation: list[DomainItem]) -> list[str]:
+    """What the training problems share with the evaluation problems as the evaluator shows them:
+    prompts, and for math and code the number pairs and test inputs (empty when disjoint)."""
+    train_prompts = {item.trace["prompt"] for item in train}
+    shared = [f"prompt {p[:60]!r}" for p in evaluation_prompts(domain, evaluation) if p in train_prompts]
+    if domain != "science":
+        train_parts = {part for item in train for part in item.parts}
+        shared += sorted(f"part {part!r}" for item in evaluation for part in item.parts if part in train_parts)
+    return shared
+
+
+# ------------------------------------------------------------------------------- format traces
+
+
+_WORDS = ("river", "stone", "lamp", "cloud", "garden", "pencil", "window", "tiger", "bread", "mirror", "Xo",
+          "Qa", "Vu", "Tz", "Br", "Ky", "Wo", "Jip", "Zel", "Mox", "Pra", "Dun", "Lix", "Yot")
+
+
+def _format_number(rng: random.Random, index: int) -> DomainItem:
+    n = rng.randint(0, 999)
+    problem = rng.choice(("Write the number {n}.", "Copy this number: {n}.", "The number is {n}. Give it back."))
+    problem = problem.format(n=n)
+    response = _think([f"The number is {n}."]) + f"The answer is \\boxed{{{n}}}"
+    return DomainItem("format", problem, frozenset(), {}, {"prompt": math_prompt(problem), "response": response})
+
+
+def _format_choice(rng: random.Random, index: int) -> DomainItem:
+    target, *wrong = rng.sample(_WORDS, 4)
+    return _choice_item("format", index, f"Which option is the word {target}?", target, wrong,
+                        [f"The word is {target}."], rng, frozenset())
+
+
+def _format_program(rng: random.Random, index: int) -> DomainItem:
+    line = _word_input(rng) if rng.random() < 0.5 else f"{rng.randint(-999, 999)}\n"
+    return _program_item("format", index, "Echo", "You are given one line. Print it unchanged.", "S",
+                         "print(input())", lambda s: s, [line], "I print the line I read.")
+
+
+def format_traces(n: int, seed: int) -> list[dict[str, str]]:
+    """`n` traces per benchmark format whose content is none of the domains' (see the module doc)."""
+    _check_counts(n=n)
+    rng = random.Random(f"alloy-demo:format:{seed}")
+    return [make(rng, i).trace for i in range(n) for make in (_format_number, _format_choice, _format_program)]
+
+
+# ------------------------------------------------------------------------------------- writing
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -508,20 +447,18 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def write_domain_data(out_dir: str | Path, n_train: int, n_eval: int, seed: int = 0) -> DomainFiles:
-    """Write `out_dir/eval/<task>.jsonl` (n_eval records per domain) and `out_dir/traces/<domain>.jsonl`.
-
-    Per domain the first `n_eval` problems are the evaluation records and the next `n_train` give the
-    training traces, so no trace is about an evaluation problem.
-    """
-    for name, value in (("n_train", n_train), ("n_eval", n_eval)):
-        if not isinstance(value, int) or value < 0:
-            raise AlloyError(f"{name} must be a non-negative integer, got {value!r}")
+    """Write `out_dir/eval/<task>.jsonl` (n_eval records per domain) and `out_dir/traces/<domain>.jsonl`
+    (n_train traces per domain), from `split_domain`; a split that shares anything raises."""
+    _check_counts(n_train=n_train, n_eval=n_eval)
     out = Path(out_dir)
     files = DomainFiles(eval_files={}, trace_files={})
     for domain, task in DOMAIN_TASKS.items():
-        items = generate_domain(domain, n_eval + n_train, seed)
+        train, evaluation = split_domain(domain, n_train, n_eval, seed)
+        shared = overlap(domain, train, evaluation)
+        if shared:
+            raise RuntimeError(f"{domain}: training and evaluation problems share {shared[:3]}")
         files.eval_files[task] = out / "eval" / f"{task}.jsonl"
         files.trace_files[domain] = out / "traces" / f"{domain}.jsonl"
-        _write_jsonl(files.eval_files[task], (item.record for item in items[:n_eval]))
-        _write_jsonl(files.trace_files[domain], (item.trace for item in items[n_eval:]))
+        _write_jsonl(files.eval_files[task], (item.record for item in evaluation))
+        _write_jsonl(files.trace_files[domain], (item.trace for item in train))
     return files

@@ -1,102 +1,123 @@
 """The local demo: branch → merge → evaluate on one machine with an embedded Ray.
 
-1. synthetic data in three benchmarks' formats, a tiny tokenizer and a tiny MoE backbone pre-trained
-   briefly on the mix of the domains;
-2. branch: one expert per domain with Ray Train;
-3. sweep: AoE / TIES / linear merges of the experts (`search_spaces/demo.yaml`), each child built in
-   memory and scored by lm-eval on the three tasks;
-4. the leaderboard, the HTML report, and the honest answer to whether the best merge beats every
-   expert on the combined score.
+1. synthetic data: three learnable domains in three benchmarks' formats, with disjoint training and
+   evaluation problems; a tiny tokenizer and a tiny MoE backbone pre-trained on the formats only;
+2. branch: one expert per domain with Ray Train (cosine learning-rate schedule);
+3. sweep: AoE / TIES / task-arithmetic / linear merges of the experts (`search_spaces/demo.yaml`), each
+   child built in memory and scored by lm-eval on the three tasks, one trial at a time so that a seed
+   gives the same results;
+4. the leaderboard, the HTML report, and the verdict: whether the best merge beats every expert on
+   the combined score beyond the 95% intervals (`alloy.demo.verdict`), then the `alloy export` command
+   that writes the winner.
 
-Everything goes under one folder; each step reuses what an earlier run left there.
+Everything goes under one folder; each step reuses what an earlier run left there. The terminal gets a
+few lines per stage with timings; everything else the libraries print (Ray, Ray Train, transformers,
+lm-eval) goes to `alloy.log` in that folder (`alloy.logs.quiet_output`; `verbose` shows it instead).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from alloy.demo.domains import DOMAIN_TASKS
-from alloy.logs import say
+from alloy.demo.verdict import DemoVerdict, verdict
+from alloy.logs import LOG_FILE, quiet_output, say, terminal
 from alloy.resources import shipped_folder
 
 SPACE = shipped_folder("search_spaces") / "demo.yaml"
+_BAR = 24
 
 
 @dataclass(frozen=True)
 class DemoScale:
-    """How big the demo is: problems per domain, backbone steps, branch epochs, sweep trials.
+    """How big the demo is: problems per domain, backbone steps, expert epochs, sweep trials.
 
-    The defaults run the whole demo in under 10 minutes on 2 CPU cores; the tests use a smaller one.
+    The defaults are sized for 2 CPU cores (see the README for timings); the tests use a smaller one.
     """
 
-    n_train: int = 64
-    n_eval: int = 18
+    n_train: int = 400
+    n_eval: int = 40
+    n_format: int = 200             # backbone traces per benchmark format
     backbone_steps: int = 200
-    branch_epochs: int = 2
+    expert_epochs: int = 24         # of n_train / 16 = 25 optimizer steps each
     trials: int | None = None       # None: as search_spaces/demo.yaml says
     rungs: tuple[int, ...] | None = None
 
 
-@dataclass
-class DemoVerdict:
-    """The best merge's combined score (mean of the task objectives) against each expert's."""
+class Terminal:
+    """The demo's own lines (`say`: the terminal and the log) and its progress bars (the terminal only)."""
 
-    best_trial: int | None
-    best_score: float | None
-    experts: dict[str, float]
+    def line(self, text: str) -> None:
+        say(text)
 
-    @property
-    def beats_every_expert(self) -> bool:
-        return self.best_score is not None and bool(self.experts) and all(
-            self.best_score > s for s in self.experts.values())
-
-    def render(self) -> str:
-        if self.best_score is None:
-            return "no merge finished at the full rung, so there is nothing to compare"
-        lines = [f"best merge: trial {self.best_trial}, combined score {self.best_score:.3f}"]
-        lines += [f"  {label:>8} expert alone: {score:.3f}" for label, score in sorted(self.experts.items())]
-        lines.append("the best merge beats every expert on the combined score: "
-                     + ("yes" if self.beats_every_expert else "no"))
-        return "\n".join(lines)
+    def bar(self, label: str, done: int, total: int, started: float, note: str = "", last: bool = False) -> None:
+        """Redraw one progress bar line in place; the `last` one (or a full one) ends the line."""
+        filled = _BAR * min(done, total) // max(1, total)
+        stream = terminal()
+        stream.write(f"\r      {label} [{'#' * filled}{'.' * (_BAR - filled)}] {done}/{total} "
+                     f"{time.monotonic() - started:5.0f}s {note}".rstrip() + ("\n" if last or done >= total else ""))
+        stream.flush()
 
 
-def prepare_models(out: Path, seed: int = 0, scale: DemoScale = DemoScale()) -> Path:
+@contextlib.contextmanager
+def stage(term: Terminal, title: str) -> Iterator[None]:
+    """One stage: its title line, then its time when it ends."""
+    term.line(title)
+    started = time.monotonic()
+    yield
+    term.line(f"      done in {time.monotonic() - started:.0f}s")
+
+
+def prepare_models(out: Path, term: Terminal, seed: int = 0, scale: DemoScale = DemoScale()) -> Path:
     """Steps 1 and 2: data, backbone and experts under `out` (reused when present); returns the space."""
+    from alloy.branch.data import read_traces
     from alloy.branch.train import BranchSettings, branch
     from alloy.demo.backbone import build_backbone
-    from alloy.demo.domains import generate_domain, write_domain_data
+    from alloy.demo.domains import format_traces, write_domain_data
 
     data = out / "data"
     traces = {domain: data / "traces" / f"{domain}.jsonl" for domain in DOMAIN_TASKS}
-    if not all(p.is_file() for p in traces.values()) or not all(
-            (data / "eval" / f"{task}.jsonl").is_file() for task in DOMAIN_TASKS.values()):
-        say("[1/4] writing the three synthetic domains")
-        write_domain_data(data, n_train=scale.n_train, n_eval=scale.n_eval, seed=seed)
-    say("[1/4] tiny tokenizer and MoE backbone (pre-trained on all three domains)")
-    mix = [item.trace for domain in DOMAIN_TASKS for item in generate_domain(domain, scale.n_train, seed + 1)]
-    backbone = build_backbone(out / "backbone", mix, seed=seed, steps=scale.backbone_steps)
-    say("[2/4] branch: one expert per domain (Ray Train)")
-    experts = branch(backbone, traces, out / "experts",
-                     BranchSettings(epochs=scale.branch_epochs, lr=2e-3, batch_size=8, max_length=384,
-                                    num_workers=2, seed=seed))
-    for result in experts.values():
-        say(f"      {result.describe()}")
-    return _space_for(out, scale)
+    with stage(term, f"[1/4] data and backbone: {scale.n_train} training and {scale.n_eval} evaluation problems "
+                     f"per domain (disjoint), a tiny MoE backbone that knows the formats"):
+        if not all(p.is_file() for p in traces.values()) or not all(
+                (data / "eval" / f"{task}.jsonl").is_file() for task in DOMAIN_TASKS.values()):
+            write_domain_data(data, n_train=scale.n_train, n_eval=scale.n_eval, seed=seed)
+        domain_texts = [f"{t.prompt}\n{t.response}" for path in traces.values() for t in read_traces(path)]
+        started = time.monotonic()
+        build_backbone(out / "backbone", format_traces(scale.n_format, seed), seed=seed, steps=scale.backbone_steps,
+                       max_length=512, tokenizer_texts=domain_texts,
+                       progress=lambda step, steps, loss: term.bar("backbone", step, steps, started, f"loss {loss:.3f}")
+                       if step % 5 == 0 or step == steps else None)
+    with stage(term, "[2/4] branch: one expert per domain (Ray Train)"):
+        for domain, trace_file in traces.items():
+            started = time.monotonic()
+            result = branch(out / "backbone", {domain: trace_file}, out / "experts",
+                            BranchSettings(epochs=scale.expert_epochs, lr=3e-3, batch_size=8, max_length=512,
+                                           num_workers=2, seed=seed, lr_schedule="cosine", warmup_ratio=0.05))[domain]
+            loss = result.metrics.get("sft_loss")
+            term.line(f"      {domain:>8} expert: " + (f"last-epoch loss {loss:.3f}, {time.monotonic() - started:.0f}s"
+                                                     if loss is not None else "reused"))
+    return _space_for(out, scale, seed)
 
 
-def _space_for(out: Path, scale: DemoScale) -> Path:
+def _space_for(out: Path, scale: DemoScale, seed: int) -> Path:
     """The demo search space pointing at `out`: the shipped file when `out` is its default folder and
-    the scale keeps the shipped sweep, else a copy in `out`."""
+    the scale and seed keep the shipped sweep, else a copy in `out`."""
     document = yaml.safe_load(SPACE.read_text())
     default = (SPACE.parent / document["parents"]["root"]).resolve()
-    if out.resolve() == default and scale.trials is None and scale.rungs is None:
+    if out.resolve() == default and scale.trials is None and scale.rungs is None and seed == document["search"]["seed"]:
         return SPACE
     if scale.trials is not None:
         document["search"]["trials"] = scale.trials
     if scale.rungs is not None:
         document["evaluation"]["rungs"] = list(scale.rungs)
+    document["search"]["seed"] = seed
     document["parents"]["root"] = str(out.resolve())
     document["evaluation"]["data_dir"] = str((out / "data" / "eval").resolve())
     path = out / "demo.yaml"
@@ -104,45 +125,72 @@ def _space_for(out: Path, scale: DemoScale) -> Path:
     return path
 
 
-def verdict(sweep: Path) -> DemoVerdict:
-    """Compare the best merge with each expert alone on the mean of the task objectives: on the confirmed
-    scores when the sweep ran its confirmation, else at the full rung."""
-    from alloy.search.leaderboard import combined_score, leaderboard_meta, read_leaderboard, task_metrics
+@contextlib.contextmanager
+def sweep_progress(term: Terminal, sweep: Path, total: int) -> Iterator[None]:
+    """Redraw a bar of finished trials (read from the leaderboard) every second while the block runs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    table = read_leaderboard(sweep)
-    meta = leaderboard_meta(table)
-    tasks = task_metrics(meta["objectives"])
-    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
-    confirmed = [r for r in ok if r["rung"] == len(meta["rungs"])]
-    rows = confirmed or [r for r in ok if r["rung"] == len(meta["rungs"]) - 1]
+    from alloy.search.leaderboard import FILENAME
 
-    def combined(row: dict) -> float:
-        return combined_score(row, tasks)
+    stop = threading.Event()
+    started = time.monotonic()
 
-    experts = {r["reference"].removeprefix("parent:"): combined(r) for r in rows
-               if (r.get("reference") or "").startswith("parent:")}
-    merges = [r for r in rows if not r.get("reference")]
-    best = max(merges, key=combined, default=None)
-    return DemoVerdict(best["trial"] if best else None, combined(best) if best else None, experts)
+    def finished() -> int:
+        try:  # the file as it is now: never a rebuild from the study, which the sweep is writing
+            rows = pq.read_table(sweep / FILENAME).to_pylist()
+        except (OSError, pa.ArrowException):  # not written yet
+            return 0
+        return sum(r["latest"] and r["status"] in ("ok", "pruned", "failed") for r in rows)
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            term.bar("trials", min(finished(), total - 1), total, started)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        term.bar("trials", finished(), total, started, last=True)
 
 
-def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = DemoScale()) -> DemoVerdict:
-    """The whole demo; returns the verdict it prints."""
+def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = DemoScale(),
+             verbose: bool = False) -> DemoVerdict:
+    """The whole demo; returns the verdict it prints (library output in `out/alloy.log` unless `verbose`)."""
+    import ray
+
     from alloy.search.leaderboard import read_leaderboard, render_board, select_rows
     from alloy.search.report import write_report
+    from alloy.search.space import load_space
     from alloy.search.sweep import run_sweep
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say(f"alloy demo: everything goes under {out.resolve()}")
-    space = prepare_models(out, seed, scale)
-    sweep = out / "sweep"
-    say(f"[3/4] sweep: alloy sweep {space} --out {sweep}")
-    run_sweep(space, sweep, resume=(sweep / "study.db").is_file())
-    say("[4/4] leaderboard (each expert alone is a reference row)")
-    table = read_leaderboard(sweep)
-    say(render_board(select_rows(table, top=10), table))
-    say(f"report: {write_report(sweep)}")
-    result = verdict(sweep)
-    say(result.render())
+    started = time.monotonic()
+    with quiet_output(out / LOG_FILE, verbose):
+        term = Terminal()
+        term.line(f"alloy demo: everything goes under {out.resolve()} (library output: {out / LOG_FILE})")
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        try:
+            space = prepare_models(out, term, seed, scale)
+            sweep = out / "sweep"
+            trials = load_space(space).search.trials
+            with stage(term, f"[3/4] sweep: alloy sweep {space} --out {sweep} ({trials} trials, one at a time)"):
+                with sweep_progress(term, sweep, trials):
+                    run_sweep(space, sweep, resume=(sweep / "study.db").is_file())
+        finally:
+            ray.shutdown()
+        term.line("[4/4] leaderboard (each expert alone is a reference row; scores with 95% intervals)")
+        table = read_leaderboard(sweep)
+        term.line(render_board(select_rows(table), table))
+        term.line(f"report: {write_report(sweep)}")
+        result = verdict(sweep)
+        term.line(result.render())
+        if result.best_trial is not None:
+            term.line(f"next: write the best merge as a model folder with\n"
+                      f"  alloy export {sweep} {result.best_trial} {out / 'best-merge'}")
+        term.line(f"alloy demo finished in {time.monotonic() - started:.0f}s")
     return result
