@@ -49,22 +49,22 @@ def test_tinyr1_pipeline_at_tiny_scale(tmp_path_factory, tmp_path, capsys):
     data = [arg for domain in files for arg in ("--data", f"{domain}={tmp_path / 'selected' / f'{domain}.jsonl'}")]
     assert main(["branch", "--backbone", str(backbone), *data, "--out", str(tmp_path / "experts"), "--strategy", "fsdp",
                  "--num-workers", "2", "--lr", "2e-3", "--lr-schedule", "cosine", "--warmup-ratio", "0.1",
-                 "--max-length", "256", "--pack-length", "512", "--batch-size", "1", "--epochs", "2"]) == 0
+                 "--max-length", "256", "--pack-length", "512", "--batch-size", "1"]) == 0
     for domain in files:
         assert (tmp_path / "experts" / domain / "config.json").is_file()
     # 4. the shipped branch-merge space, at tiny scale, merges the experts
     space = yaml.safe_load(SPACE.read_text())
-    space["parents"] = {"root": str(tmp_path), "base": "backbone",
-                        "models": {domain: f"experts/{domain}" for domain in files}}
+    space["parents"]["root"] = str(tmp_path)
+    space["parents"]["models"] = {"backbone": "backbone", **{domain: f"experts/{domain}" for domain in files}}
     space["objectives"] = ["aime24/exact_match", "gpqa_diamond/exact_match"]
     space["evaluation"].update(tasks=["aime24", "gpqa_diamond"], rungs=[2], max_gen_toks=48,
                                data_dir=str(files["math"].parent))
-    space["search"].update(trials=4, concurrency=1, resources={"cpu": 1})
+    space["search"].update(trials=5, concurrency=1, resources={"cpu": 1})
     space_file = tmp_path / "branch_merge.yaml"
     space_file.write_text(yaml.safe_dump(space, sort_keys=False))
     assert main(["sweep", str(space_file), "--out", str(tmp_path / "sweep")]) == 0
     rows = pq.read_table(tmp_path / "sweep" / "leaderboard.parquet").to_pylist()
     merges = [r for r in rows if r["status"] == "ok" and not r["reference"]]
-    assert {f"parent:{d}" for d in files} <= {r["reference"] for r in rows if r["reference"]}
+    assert {"parent:backbone", *(f"parent:{d}" for d in files)} <= {r["reference"] for r in rows if r["reference"]}
     assert merges and all(json.loads(r["recipe"])["merge_method"] in ("ties", "dare_ties", "arcee_fusion", "linear")
                           for r in merges)

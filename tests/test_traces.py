@@ -9,7 +9,7 @@ import pytest
 
 from alloy.branch.problems import read_problems, score_response
 from alloy.branch.sampling import SamplingSettings
-from alloy.branch.select import SelectSettings, quality_problem, render_summary, select, select_domain
+from alloy.branch.select import SelectSettings, quality_problem, render_summary, select_domain
 from alloy.branch.traces import TraceSettings, plan_traces, read_ledger, traces
 from alloy.errors import AlloyError
 from tests.teachers import teacher_workspace

@@ -213,7 +213,8 @@ def _check_run_settings(run_dir: Path, fingerprint: dict[str, Any]) -> None:
     saved_file = run_dir / RUN_SETTINGS_FILE
     if not saved_file.is_file():
         return
-    saved = json.loads(saved_file.read_text())
+    # a setting added after the run started (absent from its file) had its default value then
+    saved = {**asdict(BranchSettings()), **json.loads(saved_file.read_text())}
     changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in fingerprint.items() if saved.get(key) != value]
     if changed:
         raise AlloyError(f"run folder {run_dir} was started with other settings ({'; '.join(changed)}); use the "
