@@ -40,7 +40,7 @@ def render_report(table: Any, importances: dict[str, float] | None = None) -> st
     rungs = meta["rungs"]
     rows = table.to_pylist()
     latest = [r for r in rows if r["latest"]]
-    full = [r for r in latest if r["status"] == "ok" and r["n_samples"] == rungs[-1]]
+    full = [r for r in latest if r["status"] == "ok" and r["n_samples"] >= rungs[-1]]
     score = next((o for o in objectives if not is_token_metric(o["metric"])), objectives[0])
     tokens = next((o["metric"] for o in objectives if is_token_metric(o["metric"])), "tokens_mean")
     params = [c for c in table.column_names if c.startswith(PARAM_PREFIX)]
@@ -127,7 +127,7 @@ def _front_svg(rows: Sequence[dict], score: str, tokens: str, full_n: int) -> st
         out.append("<polyline fill='none' stroke='#d62728' stroke-dasharray='4 3' points='"
                    + " ".join(f"{frame.x(r[tokens]):.1f},{frame.y(r[score]):.1f}" for r in front) + "'/>")
     for r in sorted(points, key=lambda r: (r["pareto"], r["status"] == "ok")):
-        color = _COLORS["pareto"] if r["pareto"] else _COLORS["ok"] if r["n_samples"] == full_n and \
+        color = _COLORS["pareto"] if r["pareto"] else _COLORS["ok"] if r["n_samples"] >= full_n and \
             r["status"] == "ok" else _COLORS["pruned"]
         out.append(f"<circle cx='{frame.x(r[tokens]):.1f}' cy='{frame.y(r[score]):.1f}' r='4' fill='{color}'>"
                    f"<title>trial {r['trial']} ({r['status']}, n={r['n_samples']}): {score}={r[score]:.4g}, "
