@@ -108,7 +108,7 @@ class _View:
         self.rows: list[dict] = table.to_pylist()
         self.columns: list[str] = table.column_names
         self.latest = [r for r in self.rows if r["latest"]]
-        self.full = [r for r in self.latest if r["status"] == "ok" and r["n_samples"] == self.rungs[-1]]
+        self.full = [r for r in self.latest if r["status"] == "ok" and r["n_samples"] >= self.rungs[-1]]
         self.tasks = task_metrics(self.objectives)
         self.tokens = [o["metric"] for o in self.objectives if is_token_metric(o["metric"])] or ["tokens_mean"]
         self.params = [c for c in self.columns if c.startswith(PARAM_PREFIX)]
@@ -143,7 +143,7 @@ class _View:
     def kind(self, row: dict) -> str:
         if row["pareto"]:
             return "pareto"
-        return "full" if row["status"] == "ok" and row["n_samples"] == self.rungs[-1] else "pruned"
+        return "full" if row["status"] == "ok" and row["n_samples"] >= self.rungs[-1] else "pruned"
 
 
 def _figure_html(fig: Any, div_id: str) -> str:
