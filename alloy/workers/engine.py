@@ -77,11 +77,6 @@ class SwapExtension:
         return {"recipe_hash": plan.recipe.hash, "tensors": len(plan.tasks), "moe_layers": repacked,
                 "seconds": time.perf_counter() - start}
 
-    def alloy_fingerprint(self) -> dict[str, float]:
-        """The sum of each parameter of this rank's model (float64), to compare engines in tests."""
-        model = self.model_runner.get_model()
-        return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
-
 
 _MANIFESTS: dict[str, StoreManifest] = {}
 
@@ -149,7 +144,6 @@ class VllmEngine:
         dtype = dtype or ("bfloat16" if on_gpu else "float32")
         options: dict[str, Any] = dict(load_format="dummy", worker_extension_cls=EXTENSION, enforce_eager=not on_gpu)
         ranks = tensor_parallel * pipeline_parallel
-        start = time.perf_counter()
         if ranks == 1:
             self.llm = local_engine(str(template.path), dtype=dtype, seed=seed, max_model_len=max_model_len, **options)
         else:
@@ -161,7 +155,6 @@ class VllmEngine:
                            tensor_parallel_size=tensor_parallel, pipeline_parallel_size=pipeline_parallel,
                            distributed_executor_backend=executor or ("ray" if on_gpu else "mp"),
                            **cpu_engine_args(), **options)
-        self.start_s = time.perf_counter() - start
         self.template: Path = template.path
         self.current: str | None = None
 
