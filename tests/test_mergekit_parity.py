@@ -47,7 +47,6 @@ if MERGEKIT_MULTI is None and os.environ.get("CI"):
 pytestmark = pytest.mark.skipif(not MERGEKIT_MULTI, reason="mergekit not available (set MERGEKIT_YAML)")
 
 # name: (method, global parameters, per-model parameters of the base and each other model, uses a base)
-W = {"weight": 0.6}
 DETERMINISTIC = {
     "linear": ("linear", {}, [{"weight": 0.2}, {"weight": 0.5}, {"weight": 0.3}], False),
     "task_arithmetic": ("task_arithmetic", {"lambda": 0.8}, [{}, {"weight": 0.6}, {"weight": 0.4}], True),
