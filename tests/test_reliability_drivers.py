@@ -136,16 +136,19 @@ def test_one_driver_per_sweep_ctrl_c_and_resume(tmp_path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)])
-def test_a_stopped_or_killed_driver_leaves_no_ray_process(tmp_path, sig, code):
+@pytest.mark.parametrize("sig, codes", [(signal.SIGTERM, (128 + signal.SIGTERM, 1)), (signal.SIGKILL, (-signal.SIGKILL,))])
+def test_a_stopped_or_killed_driver_leaves_no_ray_process(tmp_path, sig, codes):
     space = sweep_space(tmp_path, trials=50, seconds_per_sample=0.1)
     proc = driver(space, tmp_path / "sweep", tmp_path / "driver.log")
     try:
-        wait_for(lambda: has_agents(proc.pid), 180, "the embedded Ray's agents")
-        time.sleep(3)                                               # the workers of the first trials start
+        # a running sweep: Ray is up (during ray.init, Ray's own handler exits with status 15)
+        wait_for(lambda: has_agents(proc.pid) and (tmp_path / "sweep" / "leaderboard.parquet").is_file(), 180,
+                 "the embedded Ray's agents and a first result")
         ray_processes = descendants(proc.pid)
         proc.send_signal(sig)                                       # the driver alone, not its group
-        assert proc.wait(timeout=120) == code, (tmp_path / "driver.log").read_text()[-2000:]
+        # SIGTERM: 143 from alloy's handler, or 1 when it lands inside Ray Tune's loop, which turns it into
+        # a failed run; either way the embedded Ray is shut down
+        assert proc.wait(timeout=120) in codes, (tmp_path / "driver.log").read_text()[-2000:]
         left = gone(ray_processes, timeout=60)
         assert not left, [(p.pid, p.name()) for p in left]
     finally:
