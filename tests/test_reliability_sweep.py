@@ -75,8 +75,8 @@ def test_resources_the_autoscaler_must_add_are_waited_for_with_a_timeout(ray_clu
     with pytest.raises(AlloyError, match=r"trials: 1 × \{cpu: 1, gpu: 1\} did not come up within 1.5 s"):
         check_placement({"CPU": 1, "GPU": 1}, 1, "trials", 1.5, node_types=types)
     assert 1.5 <= time.monotonic() - start < 10
-    with pytest.raises(AlloyError, match=r"16 × \{cpu: 8, gpu: 1\} can never be placed.*node types hold 8"):
-        check_placement({"CPU": 8, "GPU": 1}, 16, "workers", 1.0, node_types=types)
+    with pytest.raises(AlloyError, match=r"1 × \{cpu: 8, gpu: 16\} can never be placed.*node types hold 0"):
+        check_placement({"CPU": 8, "GPU": 16}, 1, "workers", 1.0, node_types=types)   # no type has 16 GPUs
 
 
 def test_worker_resources_are_reserved_with_a_timeout(ray_cluster):
