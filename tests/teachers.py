@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alloy.branch.problems import read_problems
 from alloy.demo.backbone import build_backbone
-from alloy.demo.domains import generate_domain
+from alloy.demo.domains import split_domain
 
 # domain -> (evaluation task whose local file the problems are written to, demo domain that makes them)
 DOMAINS = {"math": "aime24", "science": "gpqa_diamond"}
@@ -20,7 +20,7 @@ def write_problems(data_dir: Path, n: int, seed: int = 0) -> dict[str, Path]:
     files = {}
     for domain, task in DOMAINS.items():
         files[domain] = data_dir / f"{task}.jsonl"
-        files[domain].write_text("".join(json.dumps(i.record) + "\n" for i in generate_domain(domain, n, seed)))
+        files[domain].write_text("".join(json.dumps(i.record) + "\n" for i in split_domain(domain, n, 0, seed)[0]))
     return files
 
 
@@ -28,7 +28,7 @@ def correct_traces(files: dict[str, Path], seed: int = 0) -> list[dict[str, str]
     """A correct trace per problem, with the prompt `alloy traces` shows (GPQA letters of its shuffle)."""
     traces = []
     for domain, path in files.items():
-        items = generate_domain(domain, sum(1 for _ in path.open()), seed)
+        items = split_domain(domain, sum(1 for _ in path.open()), 0, seed)[0]
         for problem, item in zip(read_problems(path, domain), items, strict=True):
             response = item.trace["response"]
             if domain == "science":

@@ -62,10 +62,10 @@ def test_bad_training_settings_fail_before_ray(tmp_path, monkeypatch):
     import ray
 
     from alloy.demo.backbone import build_backbone
-    from alloy.demo.domains import generate_domain
+    from alloy.demo.domains import split_domain
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
-    traces = [item.trace for item in generate_domain("math", 6, seed=0)]
+    traces = [item.trace for item in split_domain("math", 6, 0, 0)[0]]
     backbone = build_backbone(tmp_path / "backbone", traces, steps=1, batch_size=2, max_length=128, vocab_size=300)
     data = tmp_path / "math.jsonl"
     data.write_text("".join(json.dumps(t) + "\n" for t in traces))
@@ -96,9 +96,9 @@ def test_fsdp2_and_ddp_give_the_same_loss_curve(tmp_path, ray_cluster):
 
     from alloy.branch.train import branch
     from alloy.demo.backbone import build_backbone
-    from alloy.demo.domains import generate_domain
+    from alloy.demo.domains import split_domain
 
-    traces = [item.trace for item in generate_domain("math", 12, seed=0)]
+    traces = [item.trace for item in split_domain("math", 12, 0, 0)[0]]
     backbone = build_backbone(tmp_path / "backbone", traces, steps=2, batch_size=4, max_length=128, vocab_size=300)
     data = tmp_path / "math.jsonl"
     data.write_text("".join(json.dumps(t) + "\n" for t in traces))

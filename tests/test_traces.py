@@ -60,7 +60,7 @@ def test_formats_are_detected_and_prompted_as_the_evaluators_do(shared_data, tmp
 
 
 def test_each_format_is_scored_by_its_task_scorer(shared_data, tmp_path, monkeypatch):
-    from alloy.demo.domains import generate_domain
+    from alloy.demo.domains import split_domain
     from alloy.sandbox import OPT_IN_ENV
 
     aime = read_problems(shared_data / "aime24.jsonl", "math")[0]
@@ -68,14 +68,14 @@ def test_each_format_is_scored_by_its_task_scorer(shared_data, tmp_path, monkeyp
     assert score_response(aime, "<think>\n\\boxed{204}\n</think>\n\nSo \\boxed{205}") == (False, "205")
     math = next(p for p in read_problems(shared_data / "math500_50.jsonl", "math") if p.answer == "\\frac{14}{3}")
     assert score_response(math, "thus \\boxed{\\dfrac{14}{3}}")[0]
-    science_file = _write_jsonl(tmp_path / "gpqa.jsonl", [i.record for i in generate_domain("science", 3, 0)])
+    science_file = _write_jsonl(tmp_path / "gpqa.jsonl", [i.record for i in split_domain("science", 3, 0, 0)[0]])
     science = read_problems(science_file, "science")[0]
     assert science.format == "gpqa" and science.answer in ("(A)", "(B)", "(C)", "(D)")
     assert score_response(science, f"The answer is {science.answer}.") == (True, science.answer.strip("()"))
     wrong = next(letter for letter in "ABCD" if f"({letter})" != science.answer)
     assert score_response(science, f"The answer is ({wrong}).")[0] is False
     assert score_response(science, "no idea") == (False, None)
-    items = generate_domain("code", 2, 0)
+    items = split_domain("code", 2, 0, 0)[0]
     code_file = _write_jsonl(tmp_path / "lcb.jsonl", [i.record for i in items])
     code = read_problems(code_file, "code")
     monkeypatch.setenv(OPT_IN_ENV, "1")
@@ -218,9 +218,9 @@ def test_a_killed_run_resumes_without_regenerating(teacher_setup, first_run, mon
 
 @pytest.mark.slow
 def test_a_domain_without_correct_traces_is_an_error(teacher_setup, tmp_path):
-    from alloy.demo.domains import generate_domain
+    from alloy.demo.domains import split_domain
 
-    hard = _write_jsonl(tmp_path / "hard.jsonl", [{**i.record, "answer": "999"} for i in generate_domain("math", 2, 5)])
+    hard = _write_jsonl(tmp_path / "hard.jsonl", [{**i.record, "answer": "999"} for i in split_domain("math", 2, 0, 5)[0]])
     settings = TraceSettings(k=2, backend="hf", sampling=SamplingSettings(max_new_tokens=40))
     with pytest.raises(AlloyError, match="domain 'hard': no correct trace after rejection \\(4 samples of 2 problems"):
         traces(teacher_setup["teacher"], {"hard": hard}, tmp_path / "out", settings)

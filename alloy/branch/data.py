@@ -13,7 +13,6 @@ with per-example position ids, so that they share a forward pass without attendi
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from alloy.errors import AlloyError
+from alloy.io.jsonl import read_jsonl_objects
 
 IGNORE_INDEX = -100
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -61,27 +61,18 @@ def read_traces(path: str | Path) -> list[Trace]:
         raise AlloyError(f"trace file {path} does not exist; pass JSONL of {{\"prompt\", \"response\"}} records")
     traces: list[Trace] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AlloyError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise AlloyError(f"{path}:{lineno}: expected a JSON object with \"prompt\" and \"response\"")
-            for field in ("prompt", "response"):
-                if not isinstance(record.get(field), str) or not record[field].strip():
-                    raise AlloyError(f"{path}:{lineno}: field {field!r} is missing or not a non-empty string")
-            raw_id = record.get("id", len(traces))
-            if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
-                raise AlloyError(f"{path}:{lineno}: field 'id' must be a string or an integer")
-            key = str(raw_id)
-            if key in seen:
-                raise AlloyError(f"{path}:{lineno}: example id {key!r} already used on line {seen[key]}; ids must be unique")
-            seen[key] = lineno
-            traces.append(Trace(key, record["prompt"], record["response"]))
+    for lineno, record in read_jsonl_objects(path, 'a JSON object with "prompt" and "response"'):
+        for field in ("prompt", "response"):
+            if not isinstance(record.get(field), str) or not record[field].strip():
+                raise AlloyError(f"{path}:{lineno}: field {field!r} is missing or not a non-empty string")
+        raw_id = record.get("id", len(traces))
+        if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
+            raise AlloyError(f"{path}:{lineno}: field 'id' must be a string or an integer")
+        key = str(raw_id)
+        if key in seen:
+            raise AlloyError(f"{path}:{lineno}: example id {key!r} already used on line {seen[key]}; ids must be unique")
+        seen[key] = lineno
+        traces.append(Trace(key, record["prompt"], record["response"]))
     if not traces:
         raise AlloyError(f"trace file {path} has no records; it needs at least one {{\"prompt\", \"response\"}} line")
     return traces

@@ -20,12 +20,12 @@ trace is made from the prompt the child is later scored on. A problem's `subject
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alloy.errors import AlloyError
+from alloy.io.jsonl import read_jsonl_objects
 
 FORMATS: tuple[str, ...] = ("aime", "math", "gpqa", "livecodebench", "generic")
 _FORMAT_TASK = {"aime": "aime24", "math": "math500", "gpqa": "gpqa_diamond", "livecodebench": "livecodebench"}
@@ -59,18 +59,7 @@ class Problem:
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise AlloyError(f"problem file {path} does not exist")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AlloyError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise AlloyError(f"{path}:{lineno}: expected a JSON object (a problem record)")
-            rows.append((lineno, record))
+    rows = list(read_jsonl_objects(path, "a JSON object (a problem record)"))
     if not rows:
         raise AlloyError(f"problem file {path} has no records")
     return rows

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from alloy.errors import AlloyError
+from alloy.io.jsonl import read_jsonl_objects
 from alloy.io.atomic import atomic_dir
 
 NO_SUBJECT = "-"
@@ -70,14 +71,7 @@ def quality_problem(trace: dict) -> str | None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise AlloyError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return rows
+    return [record for _, record in read_jsonl_objects(path, "a JSON object (a trace record)")]
 
 
 def traces_domains(folder: Path) -> dict[str, Path]:
