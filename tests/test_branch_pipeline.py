@@ -1,6 +1,6 @@
 """The TinyR1 pipeline of the README at a tiny scale: traces → select → branch (FSDP2) → sweep.
 
-The same commands as `ray_jobs/traces.py`, `select.py`, `branch.py` and `sweep.py` run, and the sweep
+The same commands as `ray_jobs/traces.py`, `selection.py`, `branch.py` and `sweep.py` run, and the sweep
 uses the shipped `search_spaces/branch_merge.yaml` with its parents, evaluation and budget made tiny.
 """
 from __future__ import annotations

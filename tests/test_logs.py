@@ -62,7 +62,8 @@ def test_sweep_terminal_output_has_no_ray_internals(cli_sweep):
     assert run.stderr == ""
     lines = [line for line in run.stdout.splitlines() if line.strip()]
     assert sum(line.startswith("trial ") for line in lines) >= 5
-    strays = [line for line in lines if not line.startswith(("trial ", "sweep finished: ", "leaderboard: "))]
+    strays = [line for line in lines if not line.startswith(("trial ", "confirming ", "best after confirmation: ",
+                                                             "sweep finished: ", "leaderboard: "))]
     assert strays == []
     log = (sweep / LOG_FILE).read_text()
     assert "Started a local Ray instance" in log and "Configuration for experiment" in log

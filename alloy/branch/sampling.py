@@ -149,11 +149,14 @@ class VLLMTeacher:
 
     def __init__(self, model_dir: Path, settings: SamplingSettings, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9):
-        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
 
         from alloy.evaluation.lm import ThinkingDelimiters
+        from alloy.evaluation.vllm_lm import CPU_KV_CACHE_GIB, cpu_engine_args
+
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)  # CPU builds: a bounded KV cache
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.delimiters = ThinkingDelimiters.from_tokenizer(self.tokenizer)
@@ -161,17 +164,21 @@ class VLLMTeacher:
         # the checkpoint's own dtype, as the HF teacher loads it (vLLM's "auto" would run float32 in half precision)
         dtype = str(getattr(AutoConfig.from_pretrained(model_dir, local_files_only=True), "dtype", None) or "auto")
         self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size, seed=settings.seed,
-                       dtype=dtype.removeprefix("torch."), gpu_memory_utilization=gpu_memory_utilization)
+                       dtype=dtype.removeprefix("torch."), gpu_memory_utilization=gpu_memory_utilization,
+                       **cpu_engine_args())
 
     def generate(self, prompts: list[str], k: int) -> list[list[Completion]]:
-        from alloy.evaluation.lm import token_record
+        from alloy.evaluation.lm import ThinkingTracker, generation_record
 
         eos = frozenset({self.tokenizer.eos_token_id})
         out = []
         for prompt, samples in zip(prompts, vllm_generate(self.llm, prompts, k, self.settings)):
             row = []
             for tokens, finish in samples:
-                record = token_record(self.tokenizer, prompt, tokens, self.delimiters, eos, finish)
+                tracker = ThinkingTracker.for_prompt(prompt, self.delimiters, eos)
+                for token in tokens:
+                    tracker.advance(token)
+                record = generation_record(self.tokenizer, tracker, finish, waits=0, capped=False)
                 row.append(Completion(_strip_eos(self.tokenizer, record.completion, finish), record))
             out.append(row)
         return out

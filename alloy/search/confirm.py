@@ -71,10 +71,14 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
         return []
     out = Path(out)
     board = Leaderboard.from_records(out / FILENAME, records)
-    candidates = pick_candidates(space, board.rows())
+    rows = board.rows()
+    candidates = pick_candidates(space, rows)
     if not candidates:
         return []
     n = space.search.confirm_samples
+    stored = {r["trial"]: r for r in rows if r["rung"] == confirmation_rung(space) and r["n_samples"] == n}
+    if all(r["trial"] in stored for r in candidates):  # a resumed sweep that had confirmed: kept as it is
+        return [stored[r["trial"]] for r in candidates]
     say(f"confirming {len(candidates)} candidates on {n} samples: trials "
           f"{', '.join(str(r['trial']) for r in candidates)}")
     cache = ResultCache(out / "cache")

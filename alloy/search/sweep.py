@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 import optuna
 from ray import tune
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from alloy.io.atomic import atomic_write_text
@@ -351,6 +352,7 @@ class SweepSearch(OptunaSearch):
             self._ot_study.set_metric_names([metric] if isinstance(metric, str) else list(metric))  # optuna-dashboard
         self._last_rung = len(space.evaluation.rungs) - 1
         self._orphans = self._find_orphans()
+        self._budget = _budget(space)
 
     @property
     def study(self) -> optuna.Study:
@@ -360,6 +362,10 @@ class SweepSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id not in self._ot_trials and self._orphans:
             self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, self._orphans.pop(0))
+        elif trial_id not in self._ot_trials and self._started_trials() >= self._budget:
+            # Tune saves its state a moment behind the study: after a kill it may not know trials the
+            # study already finished, and would otherwise start more than the budget
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         if config is not None:
             config[TRIAL_KEY] = self._ot_trials[trial_id].number
@@ -400,6 +406,10 @@ class SweepSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self._orphans = self._find_orphans()
+
+    def _started_trials(self) -> int:
+        """Trials of the study that were started (all but the enqueued ones still waiting)."""
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in self._ot_study.get_trials(deepcopy=False))
 
     def _find_orphans(self) -> list[int]:
         known = {t._trial_id for t in self._ot_trials.values()}

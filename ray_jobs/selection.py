@@ -1,4 +1,4 @@
-"""`ray job submit --working-dir . -- python ray_jobs/select.py ARGS…`: `alloy select ARGS…` as a Ray job.
+"""`ray job submit --working-dir . -- python ray_jobs/selection.py ARGS…`: `alloy select ARGS…` as a Ray job.
 
 Part of the branch-merge sequence traces → select → branch → sweep (README, "The branch phase").
 """
