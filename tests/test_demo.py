@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from alloy.demo.verdict import Combined, DemoVerdict, combined_score
+from alloy.demo.verdict import Combined, DemoVerdict, combined_interval
 
 
 @pytest.mark.slow
@@ -42,10 +42,10 @@ def test_demo_pipeline_small(tmp_path, capfd):
 
 def test_combined_interval_combines_the_task_intervals():
     row = {"a": 0.5, "a.lo": 0.3, "a.hi": 0.7, "b": 1.0, "b.lo": 1.0, "b.hi": 1.0}
-    combined = combined_score(row, ["a", "b"])
+    combined = combined_interval(row, ["a", "b"])
     assert combined.score == pytest.approx(0.75)
     assert combined.lo == pytest.approx(0.65, abs=1e-9) and combined.hi == pytest.approx(0.85, abs=1e-9)
-    assert combined_score({"a": 0.2, "b": 0.4}, ["a", "b"]) == Combined(pytest.approx(0.3), pytest.approx(0.3),
+    assert combined_interval({"a": 0.2, "b": 0.4}, ["a", "b"]) == Combined(pytest.approx(0.3), pytest.approx(0.3),
                                                                         pytest.approx(0.3))
 
 

@@ -207,42 +207,50 @@ def _values(text: str) -> list[int]:
     return list(map(int, text.split()[1:]))
 
 
-_LIST_FORMAT = "N\nA_1 A_2 ... A_N"
+def _list_template(titles: tuple[str, ...], statements: tuple[str, ...], reduce: Callable[[list[int]], int],
+                   what: str) -> _CodeTemplate:
+    """A template that reads N integers and prints `reduce` of them (sum, max, min: `what` it prints)."""
+    return _CodeTemplate(titles, statements, "N\nA_1 A_2 ... A_N",
+                         f"n = int(input())\nprint({reduce.__name__}(map(int, input().split())))",
+                         lambda s: f"{reduce(_values(s))}\n", _list_input, f"I read the N integers and print {what}.")
+
+
+def _string_template(titles: tuple[str, ...], statements: tuple[str, ...], expression: str,
+                     apply: Callable[[str], object], what: str) -> _CodeTemplate:
+    """A template that reads a string S and prints `expression` of it (`apply` computes the same)."""
+    return _CodeTemplate(titles, statements, "S", f"s = input().strip()\nprint({expression})",
+                         lambda s: f"{apply(s.strip())}\n", _word_input, f"I read S and print {what}.")
+
+
+def _pair_template(titles: tuple[str, ...], statements: tuple[str, ...], operator: str,
+                   apply: Callable[[int, int], int], what: str) -> _CodeTemplate:
+    """A template that reads integers A and B and prints `A <operator> B` (`apply` computes the same)."""
+    return _CodeTemplate(titles, statements, "A B", f"a, b = map(int, input().split())\nprint(a {operator} b)",
+                         lambda s: f"{apply(*map(int, s.split()))}\n", _pair_input, f"I read A and B and print {what}.")
+
+
 _CODE_TEMPLATES = (
-    _CodeTemplate(("Sum of Numbers", "Total"), ("You are given N integers. Print their sum.",
-                                                "Print the sum of the N given integers."),
-                  _LIST_FORMAT, "n = int(input())\nprint(sum(map(int, input().split())))",
-                  lambda s: f"{sum(_values(s))}\n", _list_input, "I read the N integers and print their sum."),
-    _CodeTemplate(("Largest Number", "Maximum"), ("You are given N integers. Print the largest of them.",
-                                                  "Print the maximum of the N given integers."),
-                  _LIST_FORMAT, "n = int(input())\nprint(max(map(int, input().split())))",
-                  lambda s: f"{max(_values(s))}\n", _list_input, "I read the N integers and print the maximum."),
-    _CodeTemplate(("Smallest Number", "Minimum"), ("You are given N integers. Print the smallest of them.",
-                                                   "Print the minimum of the N given integers."),
-                  _LIST_FORMAT, "n = int(input())\nprint(min(map(int, input().split())))",
-                  lambda s: f"{min(_values(s))}\n", _list_input, "I read the N integers and print the minimum."),
-    _CodeTemplate(("Reverse", "Backwards"), ("You are given a string S. Print S reversed.",
-                                             "Print the string S from its last character to its first."),
-                  "S", "s = input().strip()\nprint(s[::-1])", lambda s: s.strip()[::-1] + "\n", _word_input,
-                  "I read S and print it reversed."),
-    _CodeTemplate(("Upper Case", "Shout"), ("You are given a string S of lowercase letters. Print S in upper case.",
-                                            "Print the string S with every letter made upper case."),
-                  "S", "s = input().strip()\nprint(s.upper())", lambda s: s.strip().upper() + "\n", _word_input,
-                  "I read S and print it in upper case."),
-    _CodeTemplate(("Length", "Count Letters"), ("You are given a string S. Print its length.",
-                                                "Print how many characters the string S has."),
-                  "S", "s = input().strip()\nprint(len(s))", lambda s: f"{len(s.strip())}\n", _word_input,
-                  "I read S and print its length."),
-    _CodeTemplate(("Product", "Multiply"), ("You are given two integers A and B. Print A times B.",
-                                            "Print the product of the two given integers A and B."),
-                  "A B", "a, b = map(int, input().split())\nprint(a * b)",
-                  lambda s: f"{int(s.split()[0]) * int(s.split()[1])}\n", _pair_input,
-                  "I read A and B and print their product."),
-    _CodeTemplate(("Difference", "Subtract"), ("You are given two integers A and B. Print A minus B.",
-                                               "Print the difference A - B of the two given integers."),
-                  "A B", "a, b = map(int, input().split())\nprint(a - b)",
-                  lambda s: f"{int(s.split()[0]) - int(s.split()[1])}\n", _pair_input,
-                  "I read A and B and print A - B."),
+    _list_template(("Sum of Numbers", "Total"), ("You are given N integers. Print their sum.",
+                                                 "Print the sum of the N given integers."), sum, "their sum"),
+    _list_template(("Largest Number", "Maximum"), ("You are given N integers. Print the largest of them.",
+                                                   "Print the maximum of the N given integers."), max, "the maximum"),
+    _list_template(("Smallest Number", "Minimum"), ("You are given N integers. Print the smallest of them.",
+                                                    "Print the minimum of the N given integers."), min, "the minimum"),
+    _string_template(("Reverse", "Backwards"), ("You are given a string S. Print S reversed.",
+                                                "Print the string S from its last character to its first."),
+                     "s[::-1]", lambda s: s[::-1], "it reversed"),
+    _string_template(("Upper Case", "Shout"), ("You are given a string S of lowercase letters. Print S in upper case.",
+                                               "Print the string S with every letter made upper case."),
+                     "s.upper()", str.upper, "it in upper case"),
+    _string_template(("Length", "Count Letters"), ("You are given a string S. Print its length.",
+                                                   "Print how many characters the string S has."),
+                     "len(s)", len, "its length"),
+    _pair_template(("Product", "Multiply"), ("You are given two integers A and B. Print A times B.",
+                                             "Print the product of the two given integers A and B."),
+                   "*", lambda a, b: a * b, "their product"),
+    _pair_template(("Difference", "Subtract"), ("You are given two integers A and B. Print A minus B.",
+                                                "Print the difference A - B of the two given integers."),
+                   "-", lambda a, b: a - b, "A - B"),
 )
 
 
@@ -293,42 +301,49 @@ def run_stdin_program(code: str, stdin: str, timeout: float = 10.0) -> str:
     return done.stdout
 
 
+_BATCH_RUNNER = """import contextlib, io, json, sys
+program, inputs = json.load(sys.stdin)
+results = []
+for text in inputs:
+    sys.stdin, out = io.StringIO(text), io.StringIO()
+    error = None
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(program, "program", "exec"), {"__name__": "__main__"})
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            error = f"exited with {exc.code}"
+    except Exception as exc:
+        error = f"raised {type(exc).__name__}: {exc}"
+    results.append([out.getvalue(), error])
+sys.__stdout__.write(json.dumps(results))
+"""
+
+
 def check_program(code: str, tests: list[dict[str, str]]) -> list[str]:
-    """Run `code` on every stdin test; return one message per failed test (empty when all pass)."""
+    """Run `code` on every stdin test, all in one subprocess; return one message per failed test (empty
+    when all pass)."""
+    try:
+        results = json.loads(run_stdin_program(_BATCH_RUNNER, json.dumps([code, [t["input"] for t in tests]])))
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return [f"test {i}: {exc}" for i in range(len(tests))]
     failures = []
-    for i, test in enumerate(tests):
-        try:
-            actual = run_stdin_program(code, test["input"])
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            failures.append(f"test {i}: {exc}")
-            continue
-        if not stdout_matches(actual, test["output"]):
+    for i, (test, (actual, error)) in enumerate(zip(tests, results)):
+        if error is not None:
+            failures.append(f"test {i}: {error}")
+        elif not stdout_matches(actual, test["output"]):
             failures.append(f"test {i}: expected {test['output']!r}, got {actual!r}")
     return failures
 
 
-_BATCH_RUNNER = """import contextlib, io, json, sys
-program, inputs = json.load(sys.stdin)
-outputs = []
-for text in inputs:
-    sys.stdin, out = io.StringIO(text), io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(program, "program", "exec"), {"__name__": "__main__"})
-    outputs.append(out.getvalue())
-sys.__stdout__.write(json.dumps(outputs))
-"""
-
-
 def _verify_code_items(items: list[DomainItem]) -> None:
-    """Run each distinct program on all the tests it must pass, in one subprocess per program."""
+    """Check each distinct program on all the tests it must pass (one `check_program` per program)."""
     by_program: dict[str, list[dict[str, str]]] = {}
     for item in items:
         by_program.setdefault(extract_code(item.trace["response"]) or "", []).extend(
             json.loads(item.record["public_test_cases"]))
     for program, tests in by_program.items():
-        outputs = json.loads(run_stdin_program(_BATCH_RUNNER, json.dumps([program, [t["input"] for t in tests]])))
-        failed = [f"input {t['input']!r}: expected {t['output']!r}, got {got!r}"
-                  for t, got in zip(tests, outputs) if not stdout_matches(got, t["output"])]
+        failed = check_program(program, tests)
         if failed:
             raise RuntimeError(f"generated program {program!r} fails its own tests: {failed[:3]}")
 

@@ -10,7 +10,6 @@ when its interval lies wholly above the expert's; otherwise the verdict says wha
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -31,17 +30,21 @@ class Combined:
         return f"{self.score:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
 
 
-def combined_score(row: Mapping[str, float | None], tasks: Sequence[str], level: float = LEVEL) -> Combined:
-    """The mean of `tasks`' scores in `row` with its interval (see the module doc); a task without an
-    interval counts as exact."""
+def combined_interval(row: Mapping[str, float | None], tasks: Sequence[str], level: float = LEVEL) -> Combined | None:
+    """The row's combined score (`alloy.search.leaderboard.combined_score`: the mean of `tasks`' scores)
+    with its interval (see the module doc); a task without an interval counts as exact. None when a
+    score is missing."""
+    from alloy.search.leaderboard import combined_score
+
+    score = combined_score(row, tasks)
+    if score is None:
+        return None
     z = NormalDist().inv_cdf(0.5 + level / 2.0)
-    scores = [float(row[m]) for m in tasks]
     variance = 0.0
     for metric in tasks:
         lo, hi = row.get(f"{metric}.lo"), row.get(f"{metric}.hi")
         if lo is not None and hi is not None:
             variance += ((float(hi) - float(lo)) / (2 * z)) ** 2
-    score = statistics.fmean(scores)
     half = z * math.sqrt(variance) / len(tasks)
     return Combined(score, max(0.0, score - half), min(1.0, score + half))
 
@@ -83,15 +86,16 @@ class DemoVerdict:
 
 def verdict(sweep: str | Path) -> DemoVerdict:
     """Compare the best full-rung merge with each expert alone on the combined score (ties: lower trial)."""
-    from alloy.search.leaderboard import leaderboard_meta, read_leaderboard
+    from alloy.search.leaderboard import leaderboard_meta, read_leaderboard, task_metrics
 
     table = read_leaderboard(sweep)
     meta = leaderboard_meta(table)
-    tasks = [o["metric"] for o in meta["objectives"] if o["direction"] == "maximize"]
+    tasks = task_metrics(meta["objectives"])
     full = max(meta["rungs"])
     rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["n_samples"] == full]
-    experts = {r["reference"].removeprefix("parent:"): combined_score(r, tasks) for r in rows
+    scored = [(r, c) for r, c in ((r, combined_interval(r, tasks)) for r in rows) if c is not None]
+    experts = {r["reference"].removeprefix("parent:"): c for r, c in scored
                if (r.get("reference") or "").startswith("parent:")}
-    merges = sorted((r for r in rows if not r.get("reference")), key=lambda r: r["trial"])
-    best = max(merges, key=lambda r: combined_score(r, tasks).score, default=None)
-    return DemoVerdict(best["trial"] if best else None, combined_score(best, tasks) if best else None, experts)
+    merges = sorted(((r, c) for r, c in scored if not r.get("reference")), key=lambda rc: rc[0]["trial"])
+    best = max(merges, key=lambda rc: rc[1].score, default=None)
+    return DemoVerdict(best[0]["trial"] if best else None, best[1] if best else None, experts)
