@@ -1,6 +1,7 @@
 """Children swapped into a live vLLM engine, against fresh engines on the children `alloy merge` writes.
 
-One engine per architecture (tiny Llama, Qwen3, Qwen3-MoE shaped for vLLM's CPU kernels) is started
+One engine per architecture (tiny Llama, Qwen3, Qwen3-MoE and DeepSeek-V3 shaped for vLLM's CPU
+kernels; DeepSeek-V3 in bfloat16, which its CPU MLA attention needs) is started
 on the sweep's store with dummy weights and kept for the module; each child is swapped in from the
 store. A fresh engine on the child's checkpoint is the reference: same greedy token ids, same
 `alloy.evaluate` results on real task slices.
@@ -8,6 +9,7 @@ store. A fresh engine on the child's checkpoint is the reference: same greedy to
 from __future__ import annotations
 
 import gc
+import json
 
 import pytest
 import ray
@@ -19,7 +21,7 @@ from alloy.cli import main  # noqa: E402
 from alloy.errors import AlloyError  # noqa: E402
 from tests.parents import write_parents  # noqa: E402
 
-ARCHS = ("llama", "qwen3", "qwen3_moe")
+ARCHS = ("llama", "qwen3", "qwen3_moe", "deepseek_v3")
 PROMPTS = [list(range(10, 40)), [1, 7, 9, 11], list(range(100, 430))]  # the last is longer than a cache block
 
 
@@ -69,7 +71,7 @@ def evaluation(llm, shared_data):
 def swapped(request, local_ray, tmp_path_factory, tiny_tokenizer, shared_data):
     """Per architecture: the outputs of each child swapped into one engine (and of the first child
     swapped back), and those of a fresh engine on each child's merged checkpoint."""
-    from alloy.evaluation.vllm_lm import local_engine
+    from alloy.evaluation.vllm_lm import cpu_dtype, local_engine
     from alloy.workers.engine import VllmEngine
     from alloy.workers.store import start_stores
 
@@ -88,7 +90,8 @@ def swapped(request, local_ray, tmp_path_factory, tiny_tokenizer, shared_data):
     for i, recipe in enumerate(children):
         (root / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
         assert main(["merge", str(root / f"r{i}.yaml"), str(root / f"child{i}"), "--quiet"]) == 0
-        llm = local_engine(str(root / f"child{i}"), dtype="float32", enforce_eager=True)
+        config = json.loads((root / f"child{i}" / "config.json").read_text())
+        llm = local_engine(str(root / f"child{i}"), dtype=cpu_dtype(config), enforce_eager=True)
         fresh.append({"tokens": greedy(llm), "eval": evaluation(llm, shared_data)})
         del llm
         gc.collect()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs
@@ -49,6 +49,12 @@ def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_le
     engine_args = {**cpu_engine_args(), **engine_args}
     return LLM(model=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
                distributed_executor_backend="uni", **engine_args)
+
+
+def cpu_dtype(config: Mapping[str, Any]) -> str:
+    """The dtype a CPU engine computes in: float32, except bfloat16 for multi-head latent attention
+    (DeepSeek-V3), whose CPU kernels take no float32 weights."""
+    return "bfloat16" if config.get("kv_lora_rank") else "float32"
 
 
 def cpu_engine_args() -> dict[str, Any]:

@@ -8,8 +8,10 @@ object store (the same `stored_tensors` as `alloy merge`, on the rank's own devi
 tensors to vLLM's in-place `reload_weights` as an iterator, so no process ever holds a whole child
 and the transfer buffer is one store block per parent plus one tensor. vLLM's own `load_weights` then
 shards each tensor for its rank (tensor parallel) or, for a block-FP8 child (DeepSeek-V3), takes the
-FP8 values and scales through its FP8 loading and re-processing path. After the reload, the fused MoE
-experts are repacked (vLLM 0.32 skips that step on a reload) and the prefix cache is reset.
+FP8 values and scales through its FP8 loading and re-processing path. Two steps vLLM 0.32's reload
+misses are done around it: the MLA projections that its CPU attention releases after packing are given
+back their shape before the reload, and the fused MoE experts are repacked after it. Then the prefix
+cache is reset.
 
 Engines of one worker's GPUs: tensor parallel over `gpu` GPUs of one node (`tensor_parallel`), and
 pipeline parallel across nodes where one node is too small. One rank runs in the worker's own process
@@ -67,6 +69,7 @@ class SwapExtension:
             manifest = _manifest(sweep, refresh=attempt > 0)
             plan = plan_in_store(manifest, recipe, sweep, _template(manifest).config.get("architectures"))
             _check_layout(plan, _template(manifest))
+            restore_released_mla_weights(self.model_runner.get_model())
             try:
                 self.model_runner.reload_weights(weights_iterator=_weights(plan, self.device, manifest))
                 break
@@ -107,6 +110,22 @@ def _weights(plan: MergePlan, device: torch.device, manifest: StoreManifest) -> 
         yield from stored
 
 
+def restore_released_mla_weights(model: torch.nn.Module) -> int:
+    """Give back each MLA layer's `kv_b_proj` weight that vLLM's CPU (AMX) attention released after
+    packing it, as an empty tensor of its loaded shape, so an in-place reload can load the new weight
+    into it; the attention layer packs it again (and releases it) at the end of the reload. Returns
+    the number of layers restored."""
+    count = 0
+    for module in model.modules():
+        projection = getattr(module, "kv_b_proj", None) if getattr(module, "is_amx_bmm_enabled", False) else None
+        if projection is not None and projection.weight.numel() == 0:
+            shape = (projection.output_size_per_partition, projection.input_size_per_partition)
+            projection.weight = torch.nn.Parameter(torch.empty(shape, dtype=projection.params_dtype),
+                                                   requires_grad=False)
+            count += 1
+    return count
+
+
 def repack_fused_experts(model: torch.nn.Module) -> int:
     """Run each fused-MoE layer's kernel preparation again after an in-place reload; vLLM 0.32 runs it
     only on the first load, so a reloaded MoE layer would compute with the old packed experts.
@@ -134,14 +153,14 @@ class VllmEngine:
     def __init__(self, sweep: str, *, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                  executor: str | None = None, dtype: str | None = None, seed: int = 0,
                  max_model_len: int | None = None):
-        from alloy.evaluation.vllm_lm import cpu_engine_args, local_engine
+        from alloy.evaluation.vllm_lm import cpu_dtype, cpu_engine_args, local_engine
 
         self.sweep = sweep
         manifest = _manifest(sweep, refresh=True)
         template = _template(manifest)
         check_servable(template.config, tensor_parallel, str(template.path))
         on_gpu = torch.cuda.is_available()
-        dtype = dtype or ("bfloat16" if on_gpu else "float32")
+        dtype = dtype or ("bfloat16" if on_gpu else cpu_dtype(template.config))
         options: dict[str, Any] = dict(load_format="dummy", worker_extension_cls=EXTENSION, enforce_eager=not on_gpu)
         ranks = tensor_parallel * pipeline_parallel
         if ranks == 1:
