@@ -133,3 +133,43 @@ def test_unservable_architecture_and_head_split_are_refused():
     with pytest.raises(AlloyError, match="do not divide"):
         check_servable({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 6}, 4, "x/config.json")
     check_servable({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 8}, 4, "x/config.json")
+
+
+def test_tensor_parallel_2_on_cpu(local_ray, tmp_path, tiny_tokenizer):
+    """Two CPU ranks (vLLM's `mp` executor, one CPU each): each rank merges its own shard of a
+    Qwen3-MoE child (attention heads and every expert split over the ranks) from the store, and the
+    engine then answers as a one-rank fresh engine on the child `alloy merge` writes (float32, so the
+    ranks' sum order does not flip a greedy token); swapping back restores."""
+    from alloy.evaluation.vllm_lm import local_engine
+    from alloy.workers.engine import VllmEngine
+    from alloy.workers.store import start_stores
+
+    paths = write_parents(tmp_path, "qwen3_moe", tiny_tokenizer, vllm=True, scale=0.3, hidden_size=128)
+    stores = start_stores("vllm-test-tp2", {str(p): str(p) for p in paths}, base=str(paths[0]), detached=False)
+    engine = VllmEngine("vllm-test-tp2", tensor_parallel=2)
+    children = recipes(paths)
+    swapped = []
+    for recipe in (*children, children[0]):
+        engine.swap(recipe)
+        swapped.append(greedy(engine.llm))
+    del engine
+    gc.collect()
+    assert swapped[0] != swapped[1] and swapped[2] == swapped[0]
+    for i, recipe in enumerate(children):
+        (tmp_path / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
+        assert main(["merge", str(tmp_path / f"r{i}.yaml"), str(tmp_path / f"child{i}"), "--quiet"]) == 0
+        llm = local_engine(str(tmp_path / f"child{i}"), dtype="float32", enforce_eager=True)
+        assert greedy(llm) == swapped[i]
+        del llm
+        gc.collect()
+    del stores
+
+
+def test_padded_cpu_experts_are_refused():
+    from alloy.workers.engine import check_servable
+
+    config = {"architectures": ["Qwen3MoeForCausalLM"], "num_attention_heads": 4, "moe_intermediate_size": 32}
+    check_servable(config, 1, "x/config.json", on_cpu=True)
+    check_servable(config, 2, "x/config.json")  # on GPUs nothing is padded
+    with pytest.raises(AlloyError, match="pad"):
+        check_servable(config, 2, "x/config.json", on_cpu=True)

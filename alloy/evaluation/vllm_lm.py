@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs
@@ -49,6 +50,31 @@ def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_le
     engine_args = {**cpu_engine_args(), **engine_args}
     return LLM(model=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
                distributed_executor_backend="uni", **engine_args)
+
+
+@contextmanager
+def cpu_ranks_env(ranks: int) -> Iterator[None]:
+    """While an engine of `ranks` CPU worker processes starts on this host (they inherit it), the
+    environment it needs, where the environment does not say otherwise: the KV cache size, sockets on
+    127.0.0.1, and each rank's own share of this process's CPUs (`VLLM_CPU_OMP_THREADS_BIND`, e.g.
+    "0|1"), since vLLM's automatic binding wants a NUMA node per rank. Restored afterwards, so that no
+    later one-process engine binds this process to one rank's CPUs. AlloyError when there are fewer
+    CPUs than ranks."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < ranks and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        raise AlloyError(f"{ranks} vLLM ranks on this CPU host need at least {ranks} CPUs, but this process may use "
+                         f"{len(cpus)}; ask for fewer ranks, or set VLLM_CPU_OMP_THREADS_BIND")
+    share = len(cpus) // ranks
+    binding = "|".join(",".join(str(c) for c in cpus[r * share:(r + 1) * share]) for r in range(ranks))
+    settings = {"VLLM_CPU_KVCACHE_SPACE": CPU_KV_CACHE_GIB, "VLLM_HOST_IP": "127.0.0.1",
+                "VLLM_CPU_OMP_THREADS_BIND": binding}
+    added = [key for key in settings if key not in os.environ]
+    os.environ.update({key: settings[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def cpu_dtype(config: Mapping[str, Any]) -> str:

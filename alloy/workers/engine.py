@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -39,9 +40,14 @@ EXTENSION = "alloy.workers.engine.SwapExtension"
 _STORE_ERRORS = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError, ray.exceptions.RayActorError)
 
 
-def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str) -> None:
-    """AlloyError unless vLLM serves the architecture of `config` and `tensor_parallel` divides its
-    attention heads (`where` names the model in the message). Imports vllm."""
+CPU_MOE_ALIGNMENT = 32  # vLLM's CPU MoE kernels pad each rank's expert width to a multiple of this
+
+
+def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str, on_cpu: bool = False) -> None:
+    """AlloyError unless vLLM serves the architecture of `config`, `tensor_parallel` divides its
+    attention heads and, for an engine on CPUs (`on_cpu`), each rank's share of an expert's width needs
+    no padding, which vLLM 0.32's in-place reload cannot follow. `where` names the model in the
+    message. Imports vllm."""
     from vllm.model_executor.models import ModelRegistry
 
     architectures = config.get("architectures") or []
@@ -54,6 +60,13 @@ def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str) 
         raise AlloyError(f"{where}: {tensor_parallel} GPUs per worker do not divide the model's {heads} attention "
                          f"heads, so vLLM cannot split it by tensor parallelism; ask for a gpu count that divides "
                          f"{heads}")
+    width = config.get("moe_intermediate_size") or (config.get("intermediate_size")
+                                                    if config.get("num_local_experts") else None)
+    if on_cpu and width and (width // tensor_parallel) % CPU_MOE_ALIGNMENT:
+        raise AlloyError(f"{where}: each of the {tensor_parallel} engine ranks would hold {width // tensor_parallel} "
+                         f"of the experts' {width} intermediate features, which vLLM's CPU MoE kernels pad to a "
+                         f"multiple of {CPU_MOE_ALIGNMENT}, and its in-place reload cannot swap padded experts; "
+                         f"use evaluation.backend: hf on CPUs for this model")
 
 
 class SwapExtension:
@@ -147,19 +160,20 @@ class VllmEngine:
 
     tensor_parallel and pipeline_parallel: the engine's ranks (`gpu` of the search space, and nodes);
     executor: vLLM's distributed executor for more than one rank (`ray` in a cluster, `mp` on a CPU
-    host); dtype: the engine's compute dtype (bfloat16 on GPUs, float32 on CPUs by default).
+    host, each rank bound to its share of the CPUs); dtype: the engine's compute dtype (bfloat16 on GPUs;
+    on CPUs `cpu_dtype`: float32, or bfloat16 for MLA).
     """
 
     def __init__(self, sweep: str, *, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                  executor: str | None = None, dtype: str | None = None, seed: int = 0,
                  max_model_len: int | None = None):
-        from alloy.evaluation.vllm_lm import cpu_dtype, cpu_engine_args, local_engine
+        from alloy.evaluation.vllm_lm import cpu_dtype, cpu_engine_args, cpu_ranks_env, local_engine
 
         self.sweep = sweep
         manifest = _manifest(sweep, refresh=True)
         template = _template(manifest)
-        check_servable(template.config, tensor_parallel, str(template.path))
         on_gpu = torch.cuda.is_available()
+        check_servable(template.config, tensor_parallel, str(template.path), on_cpu=not on_gpu)
         dtype = dtype or ("bfloat16" if on_gpu else cpu_dtype(template.config))
         options: dict[str, Any] = dict(load_format="dummy", worker_extension_cls=EXTENSION, enforce_eager=not on_gpu)
         ranks = tensor_parallel * pipeline_parallel
@@ -168,12 +182,13 @@ class VllmEngine:
         else:
             from vllm import LLM
 
-            if pipeline_parallel == 1:
+            if on_gpu and pipeline_parallel == 1:
                 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")  # every rank on this node
-            self.llm = LLM(model=str(template.path), dtype=dtype, seed=seed, max_model_len=max_model_len,
-                           tensor_parallel_size=tensor_parallel, pipeline_parallel_size=pipeline_parallel,
-                           distributed_executor_backend=executor or ("ray" if on_gpu else "mp"),
-                           **cpu_engine_args(), **options)
+            with nullcontext() if on_gpu else cpu_ranks_env(ranks):
+                self.llm = LLM(model=str(template.path), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                               tensor_parallel_size=tensor_parallel, pipeline_parallel_size=pipeline_parallel,
+                               distributed_executor_backend=executor or ("ray" if on_gpu else "mp"),
+                               **cpu_engine_args(), **options)
         self.template: Path = template.path
         self.current: str | None = None
 

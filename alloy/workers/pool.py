@@ -93,13 +93,13 @@ def tensor_parallel_size(gpu: float) -> int:
 
 
 def check_vllm_workers(settings: PoolSettings) -> None:
-    """Before any parent is loaded: vLLM serves the parents' architecture and the worker's GPUs split
-    its attention heads."""
+    """Before any parent is loaded: vLLM serves the parents' architecture, the worker's GPUs split
+    its attention heads, and a CPU worker (no GPUs) can swap its experts."""
     from alloy.io.checkpoint import Checkpoint
     from alloy.workers.engine import check_servable
 
     path = settings.base or next(iter(settings.models.values()))
-    check_servable(Checkpoint.open(path).config, tensor_parallel_size(settings.gpu), path)
+    check_servable(Checkpoint.open(path).config, tensor_parallel_size(settings.gpu), path, on_cpu=not settings.gpu)
 
 
 class CandidateWorker:
