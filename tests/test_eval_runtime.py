@@ -150,6 +150,20 @@ def test_rungs_score_only_the_docs_they_add(toy_tasks, tiny_tokenizer):
     assert generated == [2, 2, 2, 1]
 
 
+def test_environment_is_described_once_per_process(toy_tasks, tiny_tokenizer, monkeypatch):
+    """lm-eval's ~0.3 s environment description runs at most once however many rungs are scored."""
+    import torch.utils.collect_env
+
+    calls = []
+    real = torch.utils.collect_env.get_pretty_env_info
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: calls.append(1) or real())
+    evaluator = RungEvaluator(make_tiny_model("llama", seed=2), tiny_tokenizer, ["toy"], evaluators=toy_tasks,
+                              max_gen_toks=4)
+    for n in (1, 2, 3):
+        evaluator.score("child", n)
+    assert len(calls) <= 1  # none where an earlier test of this process described it already
+
+
 def test_repeats_sample_with_seeds(toy_tasks, tiny_tokenizer):
     model = make_tiny_model("qwen3", seed=7)
     options = dict(evaluators=toy_tasks, limit=3, max_gen_toks=8, repeats=2, seed=3, log_samples=True)

@@ -406,6 +406,7 @@ class RungEvaluator:
         """One simple_evaluate call on the given doc indices of each task, for one repeat."""
         from lm_eval import simple_evaluate
 
+        collect_environment_once()
         for name in docs:
             if self._generation[name] is not None:
                 self.suite.tasks[name].set_config(key="generation_kwargs", value=dict(self._generation[name]))
@@ -424,6 +425,26 @@ class RungEvaluator:
             position = {doc_id: pos for pos, doc_id in enumerate(sorted(indices))}
             records.extend(_sample_records(name, output["samples"][name], position, repeat, self.lm.records))
         return records
+
+
+def collect_environment_once() -> None:
+    """Make lm-eval describe the environment once per process. `simple_evaluate` adds it to every
+    result (torch's `collect_env`: pip, compilers and GPUs, about 0.3 s of subprocesses per call), and
+    alloy calls it for every rung and repeat of every candidate, where that description cannot change."""
+    import lm_eval.evaluator
+
+    describe = lm_eval.evaluator.add_env_info
+    if getattr(describe, "once", False):
+        return
+    described: dict[str, Any] = {}
+
+    def add_env_info(storage: dict[str, Any]) -> None:
+        if not described:
+            describe(described)
+        storage.update(described)
+
+    add_env_info.once = True
+    lm_eval.evaluator.add_env_info = add_env_info
 
 
 def _generation_kwargs(name: str, task: "Task", max_gen_toks: int, repeats: int,
