@@ -164,11 +164,3 @@ def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
     mask = flat > cut.key
     _mark_equal(mask, flat, cut.key, 0, cut.below + cut.equal - (n - k), cut.equal)
     return mask.view(keys.shape)
-
-
-def row_ranks(keys: torch.Tensor) -> torch.Tensor:
-    """Each entry's ascending rank within its row (the last dimension) of a 2-D integer tensor, equal keys
-    ranked by index: one stable sort of the integer keys, then its inverse permutation by a scatter."""
-    order = torch.sort(keys, dim=1, stable=True).indices
-    positions = torch.arange(keys.shape[1], device=keys.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, positions)

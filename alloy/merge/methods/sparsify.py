@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from alloy.merge.methods.select import magnitude_keys, rank_range_mask, row_ranks, top_k_mask
+from alloy.merge.methods.select import magnitude_keys, rank_range_mask, top_k_mask
 
 Pruning = Literal["magnitude", "magnitude_outliers", "random", "della_magprune"]
 
@@ -78,14 +78,19 @@ def della_magprune(delta: torch.Tensor, density: float, epsilon: float, generato
         return torch.zeros_like(delta)
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(-1, delta.shape[-1])
     width = rows.shape[1]
-    # the keep probability of each rank, then looked up by each entry's rank
+    # the keep probability of each rank
     if width > 1:
         share = torch.arange(width, device=delta.device).to(torch.float64) / (width - 1)
     else:
         share = torch.full((1,), 0.5, dtype=torch.float64, device=delta.device)
-    probabilities = share.mul_(2 * epsilon).add_(density - epsilon)[row_ranks(magnitude_keys(rows))]
+    by_rank = share.mul_(2 * epsilon).add_(density - epsilon)
+    # each row in ascending magnitude (equal magnitudes by index): its draws are compared in that
+    # order with the keep probability of each rank, and the outcomes put back in place
+    order = torch.sort(magnitude_keys(rows), dim=1, stable=True).indices
     draws = torch.rand(rows.shape, generator=generator, device=delta.device, dtype=torch.float32)
-    return masked(delta, (draws < probabilities).view(delta.shape), rescale)
+    kept_in_order = draws.gather(1, order) < by_rank
+    kept = torch.empty_like(kept_in_order).scatter_(1, order, kept_in_order)
+    return masked(delta, kept.view(delta.shape), rescale)
 
 
 def prune(delta: torch.Tensor, pruning: Pruning, model_params: Mapping[str, Any], rescale: bool,
