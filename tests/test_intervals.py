@@ -12,6 +12,7 @@ def test_wilson_matches_known_values():
     lo, hi = wilson(8, 30)
     assert lo == pytest.approx(0.1418, abs=1e-4) and hi == pytest.approx(0.4445, abs=1e-4)
     assert wilson(0, 30)[0] == 0.0 and wilson(30, 30)[1] == 1.0
+    assert all(wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0 for n in range(1, 201))  # not 6.9e-18 at 40
     assert wilson(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson(31, 30)
