@@ -1,5 +1,6 @@
-"""An end-to-end sweep on the vLLM backend: tiny Llama parents, each child swapped into the worker's
-live engine; the leaderboard's scores equal `alloy eval --backend vllm` on the exported children."""
+"""An end-to-end sweep on the vLLM backend: tiny Llama and DeepSeek-V3 parents, each child swapped into
+the worker's live engine; the leaderboard's scores equal `alloy eval --backend vllm` on the exported
+children."""
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def tiny_space(parents, shared_data, **evaluation) -> dict:
 
 
 @pytest.mark.slow
-def test_sweep_on_vllm_matches_alloy_eval_on_exported_children(tmp_path, tiny_tokenizer, shared_data, capsys):
-    parents = write_parents(tmp_path, "llama", tiny_tokenizer, vllm=True, scale=0.3)
+@pytest.mark.parametrize("arch", ["llama", "deepseek_v3"])
+def test_sweep_on_vllm_matches_alloy_eval_on_exported_children(arch, tmp_path, tiny_tokenizer, shared_data, capsys):
+    parents = write_parents(tmp_path, arch, tiny_tokenizer, vllm=True, scale=0.3)
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(tiny_space(parents, shared_data), sort_keys=False))
     out = tmp_path / "sweep"
