@@ -1,4 +1,5 @@
-"""The vLLM backend on GPUs: tensor parallel 1 and 2, and block-FP8 children (skipped without CUDA).
+"""The vLLM backend on GPUs: tensor parallel 1 and 2, DeepSeek-V3's MLA, and block-FP8 children
+(skipped without CUDA).
 
 Each test swaps children into a live engine and compares with a fresh engine on the child that
 `alloy merge` writes, as tests/test_vllm_engine.py does on the CPU build.
@@ -69,6 +70,13 @@ def test_tensor_parallel_2(local_ray, tmp_path, tiny_tokenizer):
     paths = write_parents(tmp_path, "qwen3", tiny_tokenizer, vllm=True, scale=0.3, hidden_size=128,
                           dtype=torch.bfloat16)
     swap_against_fresh(tmp_path, paths, "gpu-tp2", 2)
+
+
+def test_deepseek_v3_mla(local_ray, tmp_path, tiny_tokenizer):
+    """The GPU MLA path: its processed W_UK/W_UV are recomputed from the swapped kv_b_proj."""
+    paths = write_parents(tmp_path, "deepseek_v3", tiny_tokenizer, vllm=True, scale=0.3, hidden_size=128,
+                          dtype=torch.bfloat16)
+    swap_against_fresh(tmp_path, paths, "gpu-mla", 1)
 
 
 def test_block_fp8_children(local_ray, tmp_path, tiny_tokenizer):
