@@ -30,6 +30,8 @@ def test_demo_pipeline_small(tmp_path, capfd):
     ok = [r for r in rows if r["status"] == "ok" and r["n_samples"] == 4]
     assert ok and all(r["aime24/exact_match.lo"] <= r["aime24/exact_match"] <= r["aime24/exact_match.hi"]
                       for r in ok)
+    confirmed = {r["trial"] for r in rows if r["rung"] == 2 and r["status"] == "ok"}  # rung 2: the confirmation
+    assert verdict.best_trial in confirmed and {0, 1, 2} <= confirmed  # the experts are trials 0-2
     assert set(verdict.experts) == {"math", "science", "code"}
     assert all(e.lo <= e.score <= e.hi for e in verdict.experts.values())
     assert (out / "sweep" / "report.html").is_file()

@@ -85,14 +85,18 @@ class DemoVerdict:
 
 
 def verdict(sweep: str | Path) -> DemoVerdict:
-    """Compare the best full-rung merge with each expert alone on the combined score (ties: lower trial)."""
+    """Compare the best merge with each expert alone on the combined score (ties: lower trial), on the
+    confirmed rows (the sweep's best merges and the experts re-scored on more questions) where the
+    sweep has them, else on the last rung's."""
     from alloy.search.leaderboard import leaderboard_meta, read_leaderboard, task_metrics
 
     table = read_leaderboard(sweep)
     meta = leaderboard_meta(table)
     tasks = task_metrics(meta["objectives"])
-    full = max(meta["rungs"])
-    rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["n_samples"] == full]
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+    confirmed = len(meta["rungs"])  # the rung index of confirmed rows
+    last = confirmed if any(r["rung"] == confirmed for r in ok) else confirmed - 1
+    rows = [r for r in ok if r["rung"] == last]
     scored = [(r, c) for r, c in ((r, combined_interval(r, tasks)) for r in rows) if c is not None]
     experts = {r["reference"].removeprefix("parent:"): c for r, c in scored
                if (r.get("reference") or "").startswith("parent:")}
