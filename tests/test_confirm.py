@@ -86,6 +86,18 @@ def test_confirmation_rung_changes_a_lucky_winner(tmp_path, capsys):
         [(r["trial"], r["best"], r["finished_at"]) for r in confirmed]
 
 
+def test_confirmation_without_new_questions_is_reported(tmp_path, capsys):
+    from alloy.search.confirm import _warn_without_new_questions
+
+    space = load_space(write_space(tmp_path, space_dict()))
+    last = space.evaluation.rungs[-1]
+    _warn_without_new_questions(space, [{"aime24/n_samples": last, "gpqa_diamond/n_samples": last - 1}])
+    assert "already scored at the last rung" in capsys.readouterr().out
+    _warn_without_new_questions(space, [{"aime24/n_samples": last + 1, "gpqa_diamond/n_samples": last}])
+    _warn_without_new_questions(space, [{METRIC: 0.5}])  # a runner that does not count questions
+    assert capsys.readouterr().out == ""
+
+
 def test_winner_within_the_intervals_is_marked(tmp_path):
     space = load_space(write_space(tmp_path, space_dict()))
     parent = {METRIC: 0.50, f"{METRIC}.lo": 0.40, f"{METRIC}.hi": 0.60, "reference": "parent:A"}

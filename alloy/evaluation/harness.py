@@ -228,10 +228,11 @@ class EvalResult:
 
     def metrics(self) -> dict[str, float]:
         """A flat view: "task/metric" scores with their intervals ("task/metric.lo", ".hi"),
-        "task/output_tokens_mean" (and median, p90, thinking), and pooled "output_tokens_mean",
-        "output_tokens_p90", "thinking_tokens_mean"."""
+        "task/n_samples" (the questions scored), "task/output_tokens_mean" (and median, p90, thinking),
+        and pooled "output_tokens_mean", "output_tokens_p90", "thinking_tokens_mean"."""
         flat: dict[str, float] = {}
         for name, result in self.tasks.items():
+            flat[f"{name}/n_samples"] = result.n_samples
             for metric, value in result.scores.items():
                 flat[f"{name}/{metric}"] = value
                 if metric in result.intervals:

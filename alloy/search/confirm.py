@@ -94,6 +94,7 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
 
     with ThreadPoolExecutor(max_workers=max(1, space.search.concurrency)) as pool:
         results = list(pool.map(score, candidates))
+    _warn_without_new_questions(space, [metrics for metrics, _ in results])
     rung = confirmation_rung(space)
     keys = (*space.metrics, *interval_columns(space.metrics), *TOKEN_METRICS, "merge_s", "eval_s")
     confirmed = []
@@ -113,6 +114,19 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
             print(f"best after confirmation: trial {row['trial']} [{row['recipe_hash'][:8]}] {scores}{verdict}",
                   flush=True)
     return confirmed
+
+
+def _warn_without_new_questions(space: SearchSpace, results: Sequence[Mapping[str, Any]]) -> None:
+    """Say so when no task had questions beyond the last rung (its "task/n_samples" are all at most the
+    last rung): then the confirmation re-scored the answers the search had already seen."""
+    last = space.evaluation.rungs[-1]
+    counts = {k.removesuffix("/n_samples"): int(v) for metrics in results for k, v in metrics.items()
+              if k.endswith("/n_samples")}
+    if counts and max(counts.values()) <= last:
+        sizes = ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
+        say(f"warning: search.confirm.samples asked for {space.search.confirm_samples} questions, but the tasks hold "
+            f"only {sizes}, all already scored at the last rung ({last}); the confirmed scores are the search's "
+            f"own. Put the last rung below the tasks' sizes so that the confirmation sees new questions")
 
 
 def decide_best(space: SearchSpace, rows: Sequence[dict]) -> None:
