@@ -29,6 +29,8 @@ from alloy.merge.plan import plan_merge  # noqa: E402
 from alloy.merge.recipe import Recipe  # noqa: E402
 from alloy.workers.store import start_stores  # noqa: E402
 
+CPUS = 2  # the Ray CPUs of the run; (b) runs in this process on torch's default threads
+
 
 def candidate(parents: list[Path], i: int) -> dict:
     """The i-th candidate: a linear merge whose coefficients move with i (so no two are identical)."""
@@ -65,13 +67,14 @@ def main() -> None:
     disk_s = min(disk)
     input_gb = plan.input_bytes() / 1e9
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
     try:
         start_stores("bench", {str(p): p for p in parents})
         throughput = {}
         per_candidate = None
         for n_builders in (1, 2):
-            builders = [builder_actor(num_cpus=1).remote("bench") for _ in range(n_builders)]
+            # the machine's CPUs shared among the builders (Ray gives an actor as many torch threads as CPUs)
+            builders = [builder_actor(num_cpus=CPUS // n_builders).remote("bench") for _ in range(n_builders)]
             ray.get([b.build.remote(candidate(parents, 100 + j)) for j, b in enumerate(builders)])  # warm
             start = time.perf_counter()
             reports = ray.get([builders[i % n_builders].build.remote(candidate(parents, i))
