@@ -11,6 +11,7 @@ the throughput with 1 and 2 builders working at once.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from alloy.merge.plan import plan_merge  # noqa: E402
 from alloy.merge.recipe import Recipe  # noqa: E402
 from alloy.workers.store import start_stores  # noqa: E402
 
-CPUS = 2  # the Ray CPUs of the run; (b) runs in this process on torch's default threads
+CPUS = len(os.sched_getaffinity(0))  # the Ray CPUs of the run; (b) runs in this process on as many torch threads
 
 
 def candidate(parents: list[Path], i: int) -> dict:

@@ -9,7 +9,6 @@ store. A fresh engine on the child's checkpoint is the reference: same greedy to
 from __future__ import annotations
 
 import gc
-import json
 
 import pytest
 import ray
@@ -19,6 +18,7 @@ pytest.importorskip("vllm")
 
 from alloy.cli import main  # noqa: E402
 from alloy.errors import AlloyError  # noqa: E402
+from alloy.io.checkpoint import Checkpoint  # noqa: E402
 from tests.parents import write_parents  # noqa: E402
 
 ARCHS = ("llama", "qwen3", "qwen3_moe", "deepseek_v3")
@@ -67,6 +67,22 @@ def evaluation(llm, shared_data):
     return result.to_dict()["tasks"]
 
 
+def swap_each(engine, children: list[dict], measure=greedy) -> list:
+    """`measure(engine.llm)` after swapping in each child in turn, and then the first child again."""
+    outputs = []
+    for recipe in (*children, children[0]):
+        engine.swap(recipe)
+        outputs.append(measure(engine.llm))
+    return outputs
+
+
+def merged_child(root, i: int, recipe: dict):
+    """The child of `recipe` as `alloy merge` writes it, in root/child{i}."""
+    (root / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["merge", str(root / f"r{i}.yaml"), str(root / f"child{i}"), "--quiet"]) == 0
+    return root / f"child{i}"
+
+
 @pytest.fixture(scope="module", params=ARCHS)
 def swapped(request, local_ray, tmp_path_factory, tiny_tokenizer, shared_data):
     """Per architecture: the outputs of each child swapped into one engine (and of the first child
@@ -82,17 +98,16 @@ def swapped(request, local_ray, tmp_path_factory, tiny_tokenizer, shared_data):
     stores = start_stores(sweep, {str(p): str(p) for p in paths}, base=str(paths[0]), detached=False)
     engine = VllmEngine(sweep)
     children = recipes(paths)
-    swaps = []
-    for recipe in (*children, children[0]):
-        engine.swap(recipe)
-        swaps.append({"tokens": greedy(engine.llm), "eval": evaluation(engine.llm, shared_data)})
+
+    def measure(llm):
+        return {"tokens": greedy(llm), "eval": evaluation(llm, shared_data)}
+
+    swaps = swap_each(engine, children, measure)
     fresh = []
     for i, recipe in enumerate(children):
-        (root / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
-        assert main(["merge", str(root / f"r{i}.yaml"), str(root / f"child{i}"), "--quiet"]) == 0
-        config = json.loads((root / f"child{i}" / "config.json").read_text())
-        llm = local_engine(str(root / f"child{i}"), dtype=cpu_dtype(config), enforce_eager=True)
-        fresh.append({"tokens": greedy(llm), "eval": evaluation(llm, shared_data)})
+        child = merged_child(root, i, recipe)
+        llm = local_engine(str(child), dtype=cpu_dtype(Checkpoint.open(child).config), enforce_eager=True)
+        fresh.append(measure(llm))
         del llm
         gc.collect()
     yield dict(arch=arch, swaps=swaps, fresh=fresh, engine=engine, paths=paths)
@@ -148,17 +163,12 @@ def test_tensor_parallel_2_on_cpu(local_ray, tmp_path, tiny_tokenizer):
     stores = start_stores("vllm-test-tp2", {str(p): str(p) for p in paths}, base=str(paths[0]), detached=False)
     engine = VllmEngine("vllm-test-tp2", tensor_parallel=2)
     children = recipes(paths)
-    swapped = []
-    for recipe in (*children, children[0]):
-        engine.swap(recipe)
-        swapped.append(greedy(engine.llm))
+    swapped = swap_each(engine, children)
     del engine
     gc.collect()
     assert swapped[0] != swapped[1] and swapped[2] == swapped[0]
     for i, recipe in enumerate(children):
-        (tmp_path / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
-        assert main(["merge", str(tmp_path / f"r{i}.yaml"), str(tmp_path / f"child{i}"), "--quiet"]) == 0
-        llm = local_engine(str(tmp_path / f"child{i}"), dtype="float32", enforce_eager=True)
+        llm = local_engine(str(merged_child(tmp_path, i, recipe)), dtype="float32", enforce_eager=True)
         assert greedy(llm) == swapped[i]
         del llm
         gc.collect()

@@ -10,16 +10,14 @@ import gc
 
 import pytest
 import torch
-import yaml
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("vllm")
 
-from alloy.cli import main  # noqa: E402
 from tests.parents import to_fp8_checkpoint, write_parents  # noqa: E402
-from tests.test_vllm_engine import greedy, recipes  # noqa: E402
+from tests.test_vllm_engine import greedy, merged_child, recipes, swap_each  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +40,12 @@ def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype:
     if out_dtype:
         children = [{**r, "out_dtype": out_dtype} for r in children]
     engine = VllmEngine(sweep, tensor_parallel=tensor_parallel, executor="mp")
-    swapped = []
-    for recipe in (*children, children[0]):
-        engine.swap(recipe)
-        swapped.append(greedy(engine.llm))
+    swapped = swap_each(engine, children)
     del engine
     gc.collect()
     assert swapped[2] == swapped[0] and swapped[0] != swapped[1]
     for i, recipe in enumerate(children):
-        (root / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
-        assert main(["merge", str(root / f"r{i}.yaml"), str(root / f"child{i}"), "--quiet"]) == 0
-        llm = LLM(model=str(root / f"child{i}"), tensor_parallel_size=tensor_parallel, dtype="bfloat16",
+        llm = LLM(model=str(merged_child(root, i, recipe)), tensor_parallel_size=tensor_parallel, dtype="bfloat16",
                   distributed_executor_backend="mp", gpu_memory_utilization=0.3)
         assert greedy(llm) == swapped[i]
         del llm

@@ -153,10 +153,10 @@ class VLLMTeacher:
         from vllm import LLM
 
         from alloy.evaluation.lm import ThinkingDelimiters
-        from alloy.evaluation.vllm_lm import CPU_KV_CACHE_GIB, cpu_engine_args
+        from alloy.evaluation.vllm_lm import HOST_ENGINE_ENV, cpu_engine_args
 
-        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)  # CPU builds: a bounded KV cache
+        for key, value in HOST_ENGINE_ENV.items():
+            os.environ.setdefault(key, value)
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.delimiters = ThinkingDelimiters.from_tokenizer(self.tokenizer)

@@ -95,14 +95,13 @@ def _load_model(model_dir, args: argparse.Namespace, budget):
     from alloy.errors import AlloyError
 
     if args.backend == "vllm":
-        import json
-
         import torch
 
         from alloy.evaluation.vllm_lm import ThinkingVLLM, cpu_dtype, local_engine
+        from alloy.io.checkpoint import Checkpoint
 
         on_gpu = torch.cuda.is_available()
-        dtype = "auto" if on_gpu else cpu_dtype(json.loads((model_dir / "config.json").read_text()))
+        dtype = "auto" if on_gpu else cpu_dtype(Checkpoint.open(model_dir).config)
         llm = local_engine(str(model_dir), seed=args.seed, dtype=dtype, enforce_eager=not on_gpu)
         return ThinkingVLLM(llm, max_gen_toks=args.max_gen_toks, seed=args.seed, budget=budget), None
     import torch

@@ -362,6 +362,7 @@ class RungEvaluator:
                        "apply_chat_template": apply_chat_template, "temperature": temperature, "top_p": top_p,
                        "backend": type(self.lm).__name__}
         self._cache: dict[tuple[Hashable, str, int, int], SampleRecord] = {}
+        collect_environment_once()
 
     @property
     def task_sizes(self) -> dict[str, int]:
@@ -407,7 +408,6 @@ class RungEvaluator:
         """One simple_evaluate call on the given doc indices of each task, for one repeat."""
         from lm_eval import simple_evaluate
 
-        collect_environment_once()
         for name in docs:
             if self._generation[name] is not None:
                 self.suite.tasks[name].set_config(key="generation_kwargs", value=dict(self._generation[name]))
@@ -431,7 +431,8 @@ class RungEvaluator:
 def collect_environment_once() -> None:
     """Make lm-eval describe the environment once per process. `simple_evaluate` adds it to every
     result (torch's `collect_env`: pip, compilers and GPUs, about 0.3 s of subprocesses per call), and
-    alloy calls it for every rung and repeat of every candidate, where that description cannot change."""
+    alloy calls it for every rung and repeat of every candidate, where that description cannot change.
+    Idempotent (a `RungEvaluator` calls it when it is built)."""
     import lm_eval.evaluator
 
     describe = lm_eval.evaluator.add_env_info

@@ -32,10 +32,12 @@ from alloy.errors import AlloyError
 from alloy.evaluation.lm import (BudgetForcing, DEFAULT_THINK_END, DEFAULT_THINK_START, GenerationRecord, Sampling,
                                  ThinkingDelimiters, ThinkingTracker, generation_record, request_seed, response_text)
 
+# every engine on one host, unless the environment says otherwise: the loopback address keeps vLLM's
+# sockets off the machine's external interface, and CPU builds get a 1 GiB KV cache
+HOST_ENGINE_ENV = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 # one-process engines: vLLM's default engine-core and worker processes take 22-55 s to start, one
-# process 2-3 s; the loopback address keeps vLLM's sockets off the machine's external interface
-ONE_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_HOST_IP": "127.0.0.1"}
-CPU_KV_CACHE_GIB = "1"  # vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE) unless the environment sets it
+# process 2-3 s
+ONE_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **HOST_ENGINE_ENV}
 
 
 def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
@@ -46,7 +48,6 @@ def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_le
     """
     for key, value in ONE_PROCESS_ENV.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
     engine_args = {**cpu_engine_args(), **engine_args}
     return LLM(model=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
                distributed_executor_backend="uni", **engine_args)
@@ -55,19 +56,17 @@ def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_le
 @contextmanager
 def cpu_ranks_env(ranks: int) -> Iterator[None]:
     """While an engine of `ranks` CPU worker processes starts on this host (they inherit it), the
-    environment it needs, where the environment does not say otherwise: the KV cache size, sockets on
-    127.0.0.1, and each rank's own share of this process's CPUs (`VLLM_CPU_OMP_THREADS_BIND`, e.g.
-    "0|1"), since vLLM's automatic binding wants a NUMA node per rank. Restored afterwards, so that no
-    later one-process engine binds this process to one rank's CPUs. AlloyError when there are fewer
-    CPUs than ranks."""
+    environment it needs, where the environment does not say otherwise: `HOST_ENGINE_ENV`, and each
+    rank's own share of this process's CPUs (`VLLM_CPU_OMP_THREADS_BIND`, e.g. "0|1"), since vLLM's
+    automatic binding wants a NUMA node per rank. Restored afterwards, so that no later one-process
+    engine binds this process to one rank's CPUs. AlloyError when there are fewer CPUs than ranks."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < ranks and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         raise AlloyError(f"{ranks} vLLM ranks on this CPU host need at least {ranks} CPUs, but this process may use "
                          f"{len(cpus)}; ask for fewer ranks, or set VLLM_CPU_OMP_THREADS_BIND")
     share = len(cpus) // ranks
     binding = "|".join(",".join(str(c) for c in cpus[r * share:(r + 1) * share]) for r in range(ranks))
-    settings = {"VLLM_CPU_KVCACHE_SPACE": CPU_KV_CACHE_GIB, "VLLM_HOST_IP": "127.0.0.1",
-                "VLLM_CPU_OMP_THREADS_BIND": binding}
+    settings = {**HOST_ENGINE_ENV, "VLLM_CPU_OMP_THREADS_BIND": binding}
     added = [key for key in settings if key not in os.environ]
     os.environ.update({key: settings[key] for key in added})
     try:
