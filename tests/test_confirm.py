@@ -86,6 +86,42 @@ def test_confirmation_rung_changes_a_lucky_winner(tmp_path, capsys):
         [(r["trial"], r["best"], r["finished_at"]) for r in confirmed]
 
 
+def test_sampled_confirmation_draws_new_answers(tmp_path, capsys):
+    """With sampled answers every confirmed question gets new draws, at repeat indices the search never used."""
+    data = space_dict()
+    data["evaluation"].update(repeats=2)
+    data["evaluation"]["synthetic"]["noise"] = "binomial"
+    data["search"].update(start=["parents"], confirm={"top": 1, "samples": 40, "repeats": 3})
+    space = load_space(write_space(tmp_path, data))
+    runner = make_runner(space, tmp_path)
+    params = point([0.2, 0.5, 0.3], [0.1, 0.1, 0.8], 0.01)
+    candidate = space.candidate(params)
+    searched = runner.run(candidate.recipe, candidate.recipe_hash, 16)
+    records = write_board(space, tmp_path, [board_row(space, 0, params, searched[METRIC])])
+    confirmed = confirm_sweep(space, tmp_path, records)
+    assert "1 candidates on 40 samples, 3 new answers each" in capsys.readouterr().out
+    fresh = runner.run(candidate.recipe, candidate.recipe_hash, 40, range(2, 5))
+    assert confirmed[0][METRIC] == fresh[METRIC] != runner.run(candidate.recipe, candidate.recipe_hash, 40)[METRIC]
+    assert (tmp_path / "cache" / candidate.recipe_hash / "40.r2-4.json").is_file()
+    assert not (tmp_path / "cache" / candidate.recipe_hash / "40.json").exists()  # the search's draws: 0 and 1
+
+
+def test_greedy_confirmation_reuses_answers_and_refuses_new_repeats(tmp_path):
+    from alloy.search.confirm import confirmation_repeats, questions_scored
+
+    space = load_space(write_space(tmp_path, space_dict()))
+    assert confirmation_repeats(space) is None  # greedy answers: a new draw is the same answer
+    data = space_dict()
+    data["search"]["confirm"] = {"top": 2, "repeats": 2}
+    with pytest.raises(AlloyError, match="search.confirm.repeats: 2 new answers per question, but the evaluation "
+                                         "decodes greedily"):
+        load_space(write_space(tmp_path, data))
+    data["evaluation"]["generation"] = {"temperature": 0.7}
+    assert confirmation_repeats(load_space(write_space(tmp_path, data))) == range(1, 3)
+    assert questions_scored({"aime24/n_samples": 30, "gpqa_diamond/n_samples": 40, METRIC: 0.5}, 96) == 40
+    assert questions_scored({METRIC: 0.5}, 96) == 96
+
+
 def test_confirmation_without_new_questions_is_reported(tmp_path, capsys):
     from alloy.search.confirm import _warn_without_new_questions
 

@@ -184,6 +184,24 @@ def test_repeats_sample_with_seeds(toy_tasks, tiny_tokenizer):
     assert [s.response for s in reseeded.tasks["toy"].samples] != [s.response for s in samples]
 
 
+def test_new_repeat_indices_are_new_draws_decoded_alike(toy_tasks, tiny_tokenizer):
+    """The confirmation's repeats (indices after the search's) are fresh samples, with the same decoding."""
+    evaluator = RungEvaluator(make_tiny_model("qwen3", seed=7), tiny_tokenizer, ["toy"], evaluators=toy_tasks,
+                              max_gen_toks=8, repeats=2, seed=3, log_samples=True)
+    searched = evaluator.score("child", 3).tasks["toy"]
+    fresh = evaluator.score("child", 3, range(2, 5)).tasks["toy"]
+    assert [(s.doc_id, s.repeat) for s in fresh.samples] == [(d, r) for d in range(3) for r in range(2, 5)]
+    assert fresh.repeats == 3 and fresh.n_samples == 3 and "avg@3" in fresh.scores
+    assert [s.response for s in fresh.samples if s.repeat == 2] != [s.response for s in searched.samples
+                                                                    if s.repeat == 0]
+    assert evaluator.suite.tasks["toy"].get_config("generation_kwargs")["temperature"] == 0.6  # still the search's
+    again = evaluator.score("child", 3, range(0, 2)).tasks["toy"]  # cached: the search's own draws
+    assert [s.response for s in again.samples] == [s.response for s in searched.samples]
+    for bad in (range(0), range(-1, 1), [0, 1]):
+        with pytest.raises(AlloyError, match="repeats must be a non-empty range"):
+            evaluator.score("child", 3, bad)
+
+
 def test_real_aime_task_scores_a_scripted_answer(tiny_tokenizer):
     suite = TaskSuite.load(["aime24"], data_dir=SHARED_DATA)
     docs = suite.tasks["aime24"].eval_docs

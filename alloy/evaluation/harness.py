@@ -369,21 +369,31 @@ class RungEvaluator:
         """Number of documents of each task."""
         return {name: self.suite.size(name) for name in self.suite.names}
 
-    def score(self, child_key: Hashable, n: int | Mapping[str, int] | None = None) -> EvalResult:
+    def score(self, child_key: Hashable, n: int | Mapping[str, int] | None = None,
+              repeats: range | None = None) -> EvalResult:
         """Scores of child `child_key` on the first n docs of each task (all docs when None; a
-        mapping gives n per task; n is clipped to the task's size), evaluating only what is missing."""
+        mapping gives n per task; n is clipped to the task's size), evaluating only what is missing.
+
+        `repeats` are the repeat indices to score (default `range(self.repeats)`); other indices are
+        new, independent draws of each sampled question (the confirmation stage scores those), decoded
+        as the evaluator's own repeats are.
+        """
         wanted = self._doc_counts(n)
-        for repeat in range(self.repeats):
+        repeats = range(self.repeats) if repeats is None else repeats
+        if not isinstance(repeats, range) or not len(repeats) or repeats.start < 0:
+            raise AlloyError(f"repeats must be a non-empty range of repeat indices, got {repeats!r}")
+        for repeat in repeats:
             missing = {name: [d for d in range(count) if (child_key, name, d, repeat) not in self._cache]
                        for name, count in wanted.items()}
             missing = {name: docs for name, docs in missing.items() if docs}
             if missing:
                 for record in self._run(missing, repeat):
                     self._cache[(child_key, record.task, record.doc_id, repeat)] = record
-        records = {name: [self._cache[(child_key, name, d, r)] for d in range(count) for r in range(self.repeats)]
+        records = {name: [self._cache[(child_key, name, d, r)] for d in range(count) for r in repeats]
                    for name, count in wanted.items()}
-        config = dict(self.config, limit={name: count for name, count in wanted.items()})
-        return summarize(records, self.repeats, config, self.log_samples)
+        config = dict(self.config, limit={name: count for name, count in wanted.items()}, repeats=len(repeats),
+                      first_repeat=repeats.start)
+        return summarize(records, len(repeats), config, self.log_samples)
 
     def forget(self, child_key: Hashable) -> None:
         """Drop every cached result of `child_key`."""

@@ -3,10 +3,14 @@ the winner on those scores.
 
 A sweep's best trial at its last rung is often a lucky draw: on a few dozen questions one question
 moves a score by several points, and the more trials a sweep runs, the luckier its luckiest one. With
-`search.confirm: {top: K, samples: N}`, once the search ends the K best candidates at the last rung
-(the Pareto front first, then by the first objective) and every parent that was a starting point are
-evaluated on N questions (N above the last rung). Each gets a row at the `confirmed` rung
-(`rung == len(evaluation.rungs)`), and:
+`search.confirm: {top: K, samples: N, repeats: R}`, once the search ends the K best candidates at the
+last rung (the Pareto front first, then by the first objective) and every parent that was a starting
+point are evaluated on N questions (N above the last rung; the tasks' sizes cap it). When the
+evaluation samples its answers, every question gets R new answers (default: as many as the search
+drew), new draws at repeat indices the search never used, so that no confirmed score reuses the draws
+that made a candidate look lucky; greedy answers are the same on every draw, so then the search's own
+answers are reused and only the new questions are new. Each candidate gets a row at the `confirmed`
+rung (`rung == len(evaluation.rungs)`; `n_samples` the questions scored), and:
 
 - `best` marks the Pareto front of the confirmed rows (a parent can win: then no merge beat it);
 - `clear_lead` (on best rows that are not a parent) says whether, against every confirmed parent, the
@@ -31,12 +35,21 @@ from alloy.search.cache import ResultCache
 from alloy.search.leaderboard import FILENAME, Leaderboard, interval_columns, pareto_mask
 from alloy.search.records import SweepRecords
 from alloy.search.runner import make_runner
-from alloy.search.space import TOKEN_METRICS, SearchSpace, is_token_metric
+from alloy.search.space import TOKEN_METRICS, SearchSpace, is_token_metric, samples_answers
 
 
 def confirmation_rung(space: SearchSpace) -> int:
     """The rung index of confirmed rows: one past the last search rung."""
     return len(space.evaluation.rungs)
+
+
+def confirmation_repeats(space: SearchSpace) -> range | None:
+    """The repeat indices the confirmation answers each question at: `search.confirm.repeats` new ones
+    after the search's when the evaluation samples, else None (the search's own, greedy, answers)."""
+    if not samples_answers(space.evaluation):
+        return None
+    first = space.evaluation.repeats
+    return range(first, first + space.search.confirm_repeats)
 
 
 def pick_candidates(space: SearchSpace, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -75,32 +88,35 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
     candidates = pick_candidates(space, rows)
     if not candidates:
         return []
-    n = space.search.confirm_samples
-    stored = {r["trial"]: r for r in rows if r["rung"] == confirmation_rung(space) and r["n_samples"] == n}
-    if all(r["trial"] in stored for r in candidates):  # a resumed sweep that had confirmed: kept as it is
-        return [stored[r["trial"]] for r in candidates]
-    say(f"confirming {len(candidates)} candidates on {n} samples: trials "
-          f"{', '.join(str(r['trial']) for r in candidates)}")
+    n, repeats = space.search.confirm_samples, confirmation_repeats(space)
     cache = ResultCache(out / "cache")
+    stored = {r["trial"]: r for r in rows if r["rung"] == confirmation_rung(space)}
+    if all(_same_scores(space, stored.get(r["trial"]), cache.get(r["recipe_hash"], n, repeats)) for r in candidates):
+        return [stored[r["trial"]] for r in candidates]  # a resumed sweep that had confirmed: kept as it is
+    draws = "" if repeats is None else f", {len(repeats)} new answers each"
+    say(f"confirming {len(candidates)} candidates on {n} samples{draws}: trials "
+        f"{', '.join(str(r['trial']) for r in candidates)}")
     runner = make_runner(space, out)
 
     def score(row: Mapping[str, Any]) -> tuple[dict, bool]:
-        metrics = cache.get(row["recipe_hash"], n)
+        metrics = cache.get(row["recipe_hash"], n, repeats)
         if metrics is not None:
             return metrics, True
-        metrics = dict(runner.run(json.loads(row["recipe"]), row["recipe_hash"], n))
-        cache.put(row["recipe_hash"], n, metrics)
+        metrics = dict(runner.run(json.loads(row["recipe"]), row["recipe_hash"], n, repeats))
+        cache.put(row["recipe_hash"], n, metrics, repeats)
         return metrics, False
 
     with ThreadPoolExecutor(max_workers=max(1, space.search.concurrency)) as pool:
         results = list(pool.map(score, candidates))
-    _warn_without_new_questions(space, [metrics for metrics, _ in results])
+    if repeats is None:  # new draws are new answers even on the questions the search saw
+        _warn_without_new_questions(space, [metrics for metrics, _ in results])
     rung = confirmation_rung(space)
     keys = (*space.metrics, *interval_columns(space.metrics), *TOKEN_METRICS, "merge_s", "eval_s")
     confirmed = []
     for row, (metrics, cached) in zip(candidates, results):
         new = {k: v for k, v in row.items() if k not in (*keys, "latest", "pareto", "best", "clear_lead")}
-        new.update(rung=rung, n_samples=n, cached=cached, status="ok", error=None, finished_at=time.time())
+        new.update(rung=rung, n_samples=questions_scored(metrics, n), cached=cached, status="ok", error=None,
+                   finished_at=time.time())
         new.update({k: None if metrics.get(k) is None else float(metrics[k]) for k in keys})
         confirmed.append(new)
     decide_best(space, confirmed)
@@ -114,6 +130,22 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
             print(f"best after confirmation: trial {row['trial']} [{row['recipe_hash'][:8]}] {scores}{verdict}",
                   flush=True)
     return confirmed
+
+
+def questions_scored(metrics: Mapping[str, Any], asked: int) -> int:
+    """The questions a result scored: its largest task's "task/n_samples" (`asked` was capped by the
+    tasks' sizes), or `asked` from a runner that does not count them."""
+    counts = [int(v) for k, v in metrics.items() if k.endswith("/n_samples")]
+    return max(counts) if counts else asked
+
+
+def _same_scores(space: SearchSpace, row: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None) -> bool:
+    """Whether a stored confirmed row holds the scores of this confirmation's cached result."""
+    if row is None or metrics is None:
+        return False
+    return all(_float(row.get(m)) == _float(metrics.get(m)) or (math.isnan(_float(row.get(m)))
+                                                               and math.isnan(_float(metrics.get(m))))
+               for m in space.metrics)
 
 
 def _warn_without_new_questions(space: SearchSpace, results: Sequence[Mapping[str, Any]]) -> None:

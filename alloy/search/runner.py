@@ -2,8 +2,8 @@
 picks a runner from (`evaluation.runner` in the search space): `synthetic` (alloy.search.synthetic)
 or `lm_eval` (the workers of alloy.workers.pool, given plain settings made from the space here).
 
-A runner turns (recipe, recipe hash, sample count) into metrics: every objective's metric, the
-output-token statistics, `merge_s` and `eval_s`. It raises for a candidate that cannot be built or
+A runner turns (recipe, recipe hash, sample count, repeat indices) into metrics: every objective's
+metric, the output-token statistics, `merge_s` and `eval_s`. It raises for a candidate that cannot be built or
 evaluated; the sweep records that trial as failed and goes on.
 """
 from __future__ import annotations
@@ -19,15 +19,16 @@ from alloy.search.synthetic import SyntheticOptions, SyntheticRunner
 class CandidateRunner(Protocol):
     """Builds and scores one candidate."""
 
-    def run(self, recipe: dict, recipe_hash: str, n_samples: int) -> dict[str, float]:
-        """Metrics of the candidate evaluated on `n_samples` samples; raises when it cannot."""
+    def run(self, recipe: dict, recipe_hash: str, n_samples: int, repeats: range | None = None) -> dict[str, float]:
+        """Metrics of the candidate evaluated on `n_samples` questions, each answered once per repeat
+        index in `repeats` (default: the search's, `range(evaluation.repeats)`); raises when it cannot."""
         ...
 
 
 def _synthetic(space: SearchSpace, sweep_dir: Path) -> CandidateRunner:
     options = SyntheticOptions.from_dict(space.evaluation.synthetic, space.labels,
                                          f"{space.source}: evaluation.synthetic")
-    return SyntheticRunner([m for m in space.metrics if not is_token_metric(m)], options)
+    return SyntheticRunner([m for m in space.metrics if not is_token_metric(m)], options, space.evaluation.repeats)
 
 
 def pool_settings(space: SearchSpace, sweep_dir: str | Path) -> Any:

@@ -237,6 +237,13 @@ class Evaluation:
     batch_size: int = DEFAULT_BATCH_SIZE  # the hf backend's batch of generated requests
 
 
+def samples_answers(evaluation: Evaluation) -> bool:
+    """Whether the evaluation draws its answers at random (several repeats, or a temperature above 0),
+    so that a new repeat index gives a new, independent answer; greedy answers are the same every time."""
+    temperature = evaluation.generation.get("temperature")
+    return evaluation.repeats > 1 or (isinstance(temperature, (int, float)) and temperature > 0)
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """The sweep itself: sampler, budget, parallelism, pruning, retries, starting points, the
@@ -260,6 +267,7 @@ class SearchSettings:
     scalarization: Mapping[str, float] = field(default_factory=dict)   # metric → weight (single-objective samplers)
     confirm_top: int = 3                            # candidates re-scored at the end (0: no confirmation)
     confirm_samples: int = 0                        # their sample count (> the last rung; 0: 4 × the last rung)
+    confirm_repeats: int = 0                        # their new answers per question (0: evaluation.repeats)
     warm_start: str | None = None                   # an earlier sweep folder whose best recipes start this one
     warm_start_top: int = 4
 
@@ -576,6 +584,12 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
     if search.confirm_top and search.confirm_samples <= evaluation.rungs[-1]:
         raise AlloyError(f"{source}: search.confirm.samples: {search.confirm_samples} is not above the last rung "
                          f"({evaluation.rungs[-1]}); the confirmation scores candidates on more questions")
+    if search.confirm_top and not search.confirm_repeats:
+        search = replace(search, confirm_repeats=evaluation.repeats)
+    if search.confirm_top and search.confirm_repeats > 1 and not samples_answers(evaluation):
+        raise AlloyError(f"{source}: search.confirm.repeats: {search.confirm_repeats} new answers per question, but "
+                         f"the evaluation decodes greedily (evaluation.repeats 1, no evaluation.generation."
+                         f"temperature above 0), so every new answer would be the same; leave it out or sample")
     name = data.get("name") or Path(source).stem
     if not isinstance(name, str):
         raise AlloyError(f"{source}: name: expected a string, got {name!r}")
@@ -950,14 +964,16 @@ def _choice(value: Any, allowed: Sequence[str], where: str, source: str) -> str:
 
 
 def _parse_confirm(raw: Any, source: str) -> dict[str, int]:
-    """`search.confirm: {top: K, samples: N}` (default {top: 3}; `false` turns it off) → the SearchSettings
-    fields; N = 0 stands for 4 × the last rung (resolved, and checked against the rungs, by `_parse`)."""
+    """`search.confirm: {top: K, samples: N, repeats: R}` (default {top: 3}; `false` turns it off) → the
+    SearchSettings fields; N = 0 stands for 4 × the last rung and R = 0 for evaluation.repeats (resolved,
+    and checked against the evaluation, by `_parse`)."""
     if raw is False:
         return {"confirm_top": 0}
     raw = _mapping(raw, "search.confirm", source)
-    _unknown(raw, {"top", "samples"}, "search.confirm", source)
+    _unknown(raw, {"top", "samples", "repeats"}, "search.confirm", source)
     return {"confirm_top": _int(raw.get("top", CONFIRM_TOP), "search.confirm.top", source, 0),
-            "confirm_samples": _int(raw.get("samples", 0), "search.confirm.samples", source, 0)}
+            "confirm_samples": _int(raw.get("samples", 0), "search.confirm.samples", source, 0),
+            "confirm_repeats": _int(raw.get("repeats", 0), "search.confirm.repeats", source, 0)}
 
 
 def _parse_warm_start(raw: Any, source: str) -> dict[str, Any]:

@@ -163,18 +163,24 @@ class SyntheticRunner:
         score_j = (0.1 + 0.05·j) + 0.7·q        for the j-th score objective (clipped to [0, 1])
         tokens_mean = tokens·(1 + Σ_i verbosity_i·m_i), m = the importance-weighted mean mix
 
-    Each score comes with its 95% interval (`METRIC.lo`, `METRIC.hi`): Wilson over the n questions for
+    Each score comes with its 95% interval (`METRIC.lo`, `METRIC.hi`): Wilson over the answers for
     binomial noise, the normal interval of the Gaussian noise otherwise. Binomial answers are drawn per
-    question, so a larger rung keeps the answers of a smaller one, as the real evaluator does.
+    question and repeat index, so a larger rung keeps the answers of a smaller one, and other repeat
+    indices (the confirmation's) are new draws, as with the real evaluator. `repeats` is the number of
+    answers per question the search's own evaluations draw (`evaluation.repeats`).
     No model is built; it exists to test the search and to try a search space end to end.
     """
 
-    def __init__(self, score_metrics: Sequence[str], options: SyntheticOptions):
+    def __init__(self, score_metrics: Sequence[str], options: SyntheticOptions, repeats: int = 1):
         self.score_metrics = list(score_metrics)
         self.options = options
+        self.repeats = repeats
 
-    def run(self, recipe: dict, recipe_hash: str, n_samples: int) -> dict[str, float]:
-        """Metrics of `recipe` at `n_samples` samples (deterministic for a given hash and count)."""
+    def run(self, recipe: dict, recipe_hash: str, n_samples: int, repeats: range | None = None) -> dict[str, float]:
+        """Metrics of `recipe` at `n_samples` questions, answered once per repeat index in `repeats`
+        (default `range(self.repeats)`; deterministic for a given hash, count and repeats)."""
+        repeats = range(self.repeats) if repeats is None else repeats
+        draws = [(d, r) for r in repeats for d in range(n_samples)]
         start = time.perf_counter()
         o = self.options
         if o.fail_fraction and int(recipe_hash[:8], 16) / 2 ** 32 < o.fail_fraction:
@@ -182,21 +188,23 @@ class SyntheticRunner:
         quality, mix = self.quality(recipe)
         merge_s = time.perf_counter() - start
         if o.seconds_per_sample:
-            time.sleep(o.seconds_per_sample * n_samples)
-        spread = o.noise / math.sqrt(n_samples)
+            time.sleep(o.seconds_per_sample * len(draws))
+        spread = o.noise / math.sqrt(len(draws))
+        noise_key = str(n_samples) if repeats == range(1) else f"{n_samples}:{repeats.start}-{repeats.stop}"
         out: dict[str, float] = {}
         for j, metric in enumerate(self.score_metrics):
             expected = self.expected_score(j, quality)
             if o.binomial:
-                right = sum(self._uniform(recipe_hash, f"{metric}:q{d}") < expected for d in range(n_samples))
-                out[metric] = right / n_samples
-                out[f"{metric}.lo"], out[f"{metric}.hi"] = wilson(right, n_samples)
+                right = sum(self._uniform(recipe_hash, f"{metric}:q{d}" + (f":r{r}" if r else "")) < expected
+                            for d, r in draws)
+                out[metric] = right / len(draws)
+                out[f"{metric}.lo"], out[f"{metric}.hi"] = wilson(right, len(draws))
             else:
-                noisy = min(1.0, max(0.0, expected + self._noise(recipe_hash, n_samples, metric) * spread))
+                noisy = min(1.0, max(0.0, expected + self._noise(recipe_hash, noise_key, metric) * spread))
                 out[metric] = noisy
                 half = 1.96 * spread
                 out[f"{metric}.lo"], out[f"{metric}.hi"] = max(0.0, noisy - half), min(1.0, noisy + half)
-        tokens = self.expected_tokens(mix) * math.exp(self._noise(recipe_hash, n_samples, "tokens") * spread)
+        tokens = self.expected_tokens(mix) * math.exp(self._noise(recipe_hash, noise_key, "tokens") * spread)
         out.update(tokens_mean=tokens, tokens_median=0.9 * tokens, tokens_p90=1.8 * tokens,
                    thinking_tokens_mean=0.8 * tokens, thinking_tokens_median=0.72 * tokens,
                    thinking_tokens_p90=1.44 * tokens)
@@ -257,8 +265,8 @@ class SyntheticRunner:
         """The noise-free value of the `index`-th score objective for `recipe`."""
         return self.expected_score(index, self.quality(recipe)[0])
 
-    def _noise(self, recipe_hash: str, n_samples: int, metric: str) -> float:
-        key = f"{self.options.seed}:{recipe_hash}:{n_samples}:{metric}".encode()
+    def _noise(self, recipe_hash: str, draws: str, metric: str) -> float:
+        key = f"{self.options.seed}:{recipe_hash}:{draws}:{metric}".encode()
         return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big")).gauss(0.0, 1.0)
 
     def _uniform(self, recipe_hash: str, what: str) -> float:

@@ -137,13 +137,14 @@ class CandidateWorker:
             self.evaluator = RungEvaluator(self.child.model, tokenizer, evaluation["tasks"], **options)
         self.backend = backend
 
-    def score(self, recipe: dict, recipe_hash: str, n_samples: int) -> dict[str, float]:
-        """Load `recipe`'s child (unless it is the resident one) and score it on the first n_samples docs."""
+    def score(self, recipe: dict, recipe_hash: str, n_samples: int, repeats: range | None = None) -> dict[str, float]:
+        """Load `recipe`'s child (unless it is the resident one) and score it on the first n_samples docs,
+        at the repeat indices `repeats` (default the evaluation's)."""
         merge_s = 0.0
         if self.child.current != recipe_hash:
             merge_s = self.child.swap(recipe) if self.backend == "vllm" else self.child.build(recipe).seconds
         start = time.perf_counter()
-        result = self.evaluator.score(recipe_hash, n_samples)
+        result = self.evaluator.score(recipe_hash, n_samples, repeats)
         metrics = result.metrics()
         for name, source in _TOKEN_NAMES.items():
             metrics[name] = metrics[source]
@@ -269,9 +270,9 @@ class LmEvalRunner:
         except ValueError:
             raise AlloyError(f"no workers are running for sweep {sweep!r}; `alloy sweep` starts them") from None
 
-    def run(self, recipe: dict, recipe_hash: str, n_samples: int) -> dict[str, float]:
+    def run(self, recipe: dict, recipe_hash: str, n_samples: int, repeats: range | None = None) -> dict[str, float]:
         worker = ray.get(self.pool.acquire.remote())
         try:
-            return ray.get(worker.score.remote(recipe, recipe_hash, n_samples))
+            return ray.get(worker.score.remote(recipe, recipe_hash, n_samples, repeats))
         finally:
             self.pool.release.remote(worker)
