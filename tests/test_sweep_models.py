@@ -22,7 +22,8 @@ def test_sweep_on_tiny_parents_with_lm_eval(tmp_path, tiny_tokenizer, shared_dat
         "groups": {"routed_experts": {"merge_method": ["aoe", "linear"], "weights": "simplex",
                                       "parameters": {"threshold": {"low": 1e-3, "high": 0.5, "log": True}}}},
         "objectives": ["aime24/exact_match", {"metric": "tokens_mean", "direction": "minimize"}],
-        "evaluation": {"tasks": ["aime24"], "rungs": [2, 4], "max_gen_toks": 8, "data_dir": str(shared_data)},
+        "evaluation": {"tasks": ["aime24"], "rungs": [2, 4], "max_gen_toks": 8, "repeats": 2,
+                       "data_dir": str(shared_data)},
         "search": {"sampler": "nsga2", "seed": 0, "trials": 5, "concurrency": 1, "resources": {"cpu": 1},
                    "start": ["parents"]},
     }
@@ -41,6 +42,8 @@ def test_sweep_on_tiny_parents_with_lm_eval(tmp_path, tiny_tokenizer, shared_dat
         assert r["aime24/exact_match.lo"] <= r["aime24/exact_match"] <= r["aime24/exact_match.hi"]
     confirmed = [r for r in rows if r["rung"] == 2]  # the confirmation: 4 x 4 samples, parents included
     assert confirmed and all(r["n_samples"] == 16 and r["aime24/exact_match.hi"] is not None for r in confirmed)
+    # sampled answers (2 repeats): the confirmation drew 2 new ones per question, repeats 2 and 3
+    assert all((out / "cache" / r["recipe_hash"] / "16.r2-3.json").is_file() for r in confirmed)
     assert any(r["best"] for r in confirmed)
     capsys.readouterr()
 
