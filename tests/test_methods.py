@@ -571,6 +571,27 @@ def test_magnitude_selections_equal_stable_sorts_ties_included(dtype):
                 assert torch.equal(new, old), (n, shape, density)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_row_order_is_a_stable_sort_of_each_row(dtype):
+    from alloy.merge.methods.select import magnitude_keys, row_order
+
+    for rows, width in ((1, 1), (3, 2), (7, 1000), (2, 70_001), (300, 250)):
+        keys = magnitude_keys(tie_heavy(rows * width, dtype, seed=width).view(rows, width))
+        assert torch.equal(row_order(keys), torch.sort(keys, dim=1, stable=True).indices), (rows, width)
+
+
+def test_float32_thresholds_keep_every_comparison_of_float32_draws():
+    from alloy.merge.methods.sparsify import float32_at_least
+
+    exact = torch.rand(5000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = torch.cat([exact, torch.tensor([0.5, 0.25, 1.0 / 3.0], dtype=torch.float64)])
+    rounded = float32_at_least(exact)
+    assert rounded.dtype == torch.float32 and torch.all(rounded.to(torch.float64) >= exact)
+    inf = torch.tensor(float("inf"))
+    for draws in (rounded, torch.nextafter(rounded, -inf), torch.nextafter(rounded, inf), exact.to(torch.float32)):
+        assert torch.equal(draws < exact, draws < rounded)
+
+
 def test_magnitude_selections_equal_todays_sorts_where_no_ties_fall_at_the_cut():
     from alloy.merge.methods import sparsify
     from tests import reference_methods as before

@@ -9,12 +9,18 @@ would give.
 Equal magnitudes are ordered by their flat index, as a stable sort orders them: where a cut falls inside
 a run of equal magnitudes, the ones of lower index come first (lowest ranks ascending; kept first by
 `top_k_mask`, as a stable descending sort).
+
+`row_order` gives the full ascending order of every row (DELLA ranks each entry in its row): on the CPU
+each key is packed with its column into one int64 and the packed values, which are all distinct, are
+sorted by numpy's vectorized sort; their low bits are then the order a stable sort gives.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 KEY_DTYPES = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
@@ -164,3 +170,24 @@ def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
     mask = flat > cut.key
     _mark_equal(mask, flat, cut.key, 0, cut.below + cut.equal - (n - k), cut.equal)
     return mask.view(keys.shape)
+
+
+def row_order(keys: torch.Tensor) -> torch.Tensor:
+    """The indices that sort each row of the 2-D tensor of non-negative integer `keys` (`magnitude_keys`)
+    ascending, equal keys by column: those of `torch.sort(keys, dim=1, stable=True)`.
+
+    On the CPU (where the key and column bits fit 63 bits) key·2^b + column is sorted as plain int64
+    values, rows split over torch's threads; elsewhere a stable torch sort.
+    """
+    width = keys.shape[1]
+    column_bits = max(1, (width - 1).bit_length())
+    if keys.device.type != "cpu" or torch.iinfo(keys.dtype).bits - 1 + column_bits > 63:
+        return torch.sort(keys, dim=1, stable=True).indices
+    packed = (keys.to(torch.int64) << column_bits).bitwise_or_(torch.arange(width, dtype=torch.int64))
+    rows = np.array_split(packed.numpy(), max(1, min(torch.get_num_threads(), keys.shape[0])), axis=0)
+    if len(rows) == 1:
+        rows[0].sort(axis=1)
+    else:
+        with ThreadPoolExecutor(len(rows)) as pool:  # numpy's sort releases the GIL
+            list(pool.map(lambda part: part.sort(axis=1), rows))
+    return packed.bitwise_and_((1 << column_bits) - 1)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from alloy.merge.methods.select import magnitude_keys, rank_range_mask, top_k_mask
+from alloy.merge.methods.select import magnitude_keys, rank_range_mask, row_order, top_k_mask
 
 Pruning = Literal["magnitude", "magnitude_outliers", "random", "della_magprune"]
 
@@ -83,14 +83,22 @@ def della_magprune(delta: torch.Tensor, density: float, epsilon: float, generato
         share = torch.arange(width, device=delta.device).to(torch.float64) / (width - 1)
     else:
         share = torch.full((1,), 0.5, dtype=torch.float64, device=delta.device)
-    by_rank = share.mul_(2 * epsilon).add_(density - epsilon)
+    by_rank = float32_at_least(share.mul_(2 * epsilon).add_(density - epsilon))
     # each row in ascending magnitude (equal magnitudes by index): its draws are compared in that
     # order with the keep probability of each rank, and the outcomes put back in place
-    order = torch.sort(magnitude_keys(rows), dim=1, stable=True).indices
+    order = row_order(magnitude_keys(rows))
     draws = torch.rand(rows.shape, generator=generator, device=delta.device, dtype=torch.float32)
     kept_in_order = draws.gather(1, order) < by_rank
     kept = torch.empty_like(kept_in_order).scatter_(1, order, kept_in_order)
     return masked(delta, kept.view(delta.shape), rescale)
+
+
+def float32_at_least(x: torch.Tensor) -> torch.Tensor:
+    """The smallest float32 at or above each value of the float64 tensor `x`: a float32 is below it
+    exactly when it is below `x`, so comparisons with float32 draws keep their outcomes in float32."""
+    rounded = x.to(torch.float32)
+    up = torch.nextafter(rounded, torch.tensor(float("inf"), device=x.device))
+    return torch.where(rounded.to(torch.float64) < x, up, rounded)
 
 
 def prune(delta: torch.Tensor, pruning: Pruning, model_params: Mapping[str, Any], rescale: bool,
