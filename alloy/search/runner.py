@@ -42,7 +42,8 @@ def pool_settings(space: SearchSpace, sweep_dir: str | Path) -> Any:
     options.update(ev.generation)  # e.g. allow_code_execution: true, the opt-in LiveCodeBench needs
     return PoolSettings(sweep=sweep_id(space.name, sweep_dir), models={path: path for _, path in space.models},
                         base=space.base, tasks=tuple(ev.tasks), options=options, cpu=space.search.cpu,
-                        gpu=space.search.gpu, concurrency=space.search.concurrency, backend=ev.backend)
+                        gpu=space.search.gpu, stages=space.search.stages, concurrency=space.search.concurrency,
+                        backend=ev.backend)
 
 
 # evaluation.runner name → factory(space, sweep folder) -> CandidateRunner

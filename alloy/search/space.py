@@ -255,6 +255,7 @@ class SearchSettings:
     concurrency: int = 1
     cpu: float = 1.0
     gpu: float = 0.0
+    stages: int = 1                                 # vLLM pipeline stages per worker, each of `gpu` GPUs on one node
     start: tuple[str, ...] = ()
     reduction_factor: float = 3.0
     prune: bool = True
@@ -584,6 +585,9 @@ def _parse(data: Any, source: str, base_dir: Path, check_paths: bool) -> SearchS
     if search.confirm_top and search.confirm_samples <= evaluation.rungs[-1]:
         raise AlloyError(f"{source}: search.confirm.samples: {search.confirm_samples} is not above the last rung "
                          f"({evaluation.rungs[-1]}); the confirmation scores candidates on more questions")
+    if search.stages > 1 and (evaluation.runner != "lm_eval" or evaluation.backend != "vllm"):
+        raise AlloyError(f"{source}: search.resources.stages: {search.stages} pipeline stages per worker are vLLM "
+                         f"engine stages; set evaluation.backend: vllm (the hf backend runs one model per worker)")
     if search.confirm_top and not search.confirm_repeats:
         search = replace(search, confirm_repeats=evaluation.repeats)
     if search.confirm_top and search.confirm_repeats > 1 and not samples_answers(evaluation):
@@ -919,7 +923,7 @@ def _parse_search(raw: Any, objectives: tuple[Objective, ...], source: str) -> S
     if sampler not in SAMPLERS:
         raise AlloyError(f"{source}: search.sampler: unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     resources = _mapping(raw.get("resources"), "search.resources", source)
-    _unknown(resources, {"cpu", "gpu"}, "search.resources", source)
+    _unknown(resources, {"cpu", "gpu", "stages"}, "search.resources", source)
     start = raw.get("start", [])
     start = [start] if isinstance(start, str) else start
     if not isinstance(start, list) or any(s not in START_POINTS for s in start):
@@ -941,6 +945,7 @@ def _parse_search(raw: Any, objectives: tuple[Objective, ...], source: str) -> S
         concurrency=_int(raw.get("concurrency", 1), "search.concurrency", source, 1),
         cpu=_number(resources.get("cpu", 1), "search.resources.cpu", source, 0.0),
         gpu=_number(resources.get("gpu", 0), "search.resources.gpu", source, 0.0),
+        stages=_int(resources.get("stages", 1), "search.resources.stages", source, 1),
         start=tuple(dict.fromkeys(start)),
         reduction_factor=_number(raw.get("reduction_factor", 3), "search.reduction_factor", source, 1.0, strict=True),
         prune=prune,

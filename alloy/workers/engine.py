@@ -14,15 +14,18 @@ back their shape before the reload, and the fused MoE experts are repacked after
 cache is reset.
 
 Engines of one worker's GPUs: tensor parallel over `gpu` GPUs of one node (`tensor_parallel`), and
-pipeline parallel across nodes where one node is too small. One rank runs in the worker's own process
-(`uni` executor); more ranks run as Ray actors of the sweep's cluster (vLLM's Ray executor) or, on a
-CPU host, as local processes (`mp`).
+pipeline parallel across nodes where one node is too small (`pipeline_parallel`, the search space's
+`resources.stages`: the model's layers split into that many stages, each on one node's GPUs). One
+rank runs in the worker's own process (`uni` executor); more ranks run as Ray actors of the sweep's
+cluster (vLLM's Ray executor) or, on a CPU host, as local processes (`mp`). Each rank merges and
+loads only the layers of its own stage (`own_stage`).
 """
 from __future__ import annotations
 
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -31,6 +34,7 @@ import torch
 
 from alloy.errors import AlloyError
 from alloy.merge.executor import stored_tensors
+from alloy.merge.groups import layer_index
 from alloy.merge.plan import MergePlan
 from alloy.merge.recipe import Recipe
 from alloy.workers.builder import plan_in_store, store_sources
@@ -43,11 +47,12 @@ _STORE_ERRORS = (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError, 
 CPU_MOE_ALIGNMENT = 32  # vLLM's CPU MoE kernels pad each rank's expert width to a multiple of this
 
 
-def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str, on_cpu: bool = False) -> None:
+def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str, on_cpu: bool = False,
+                   stages: int = 1) -> None:
     """AlloyError unless vLLM serves the architecture of `config`, `tensor_parallel` divides its
-    attention heads and, for an engine on CPUs (`on_cpu`), each rank's share of an expert's width needs
-    no padding, which vLLM 0.32's in-place reload cannot follow. `where` names the model in the
-    message. Imports vllm."""
+    attention heads, each of the `stages` pipeline stages gets a layer and, for an engine on CPUs
+    (`on_cpu`), each rank's share of an expert's width needs no padding, which vLLM 0.32's in-place
+    reload cannot follow. `where` names the model in the message. Imports vllm."""
     from vllm.model_executor.models import ModelRegistry
 
     architectures = config.get("architectures") or []
@@ -60,6 +65,10 @@ def check_servable(config: Mapping[str, Any], tensor_parallel: int, where: str, 
         raise AlloyError(f"{where}: {tensor_parallel} GPUs per worker do not divide the model's {heads} attention "
                          f"heads, so vLLM cannot split it by tensor parallelism; ask for a gpu count that divides "
                          f"{heads}")
+    layers = config.get("num_hidden_layers")
+    if layers and stages > layers:
+        raise AlloyError(f"{where}: {stages} pipeline stages (search.resources.stages) for the model's {layers} "
+                         f"layers leave some stage without a layer; ask for at most {layers} stages")
     width = config.get("moe_intermediate_size") or (config.get("intermediate_size")
                                                     if config.get("num_local_experts") else None)
     if on_cpu and width and (width // tensor_parallel) % CPU_MOE_ALIGNMENT:
@@ -82,6 +91,7 @@ class SwapExtension:
             manifest = _manifest(sweep, refresh=attempt > 0)
             plan = plan_in_store(manifest, recipe, sweep, _template(manifest).config.get("architectures"))
             _check_layout(plan, _template(manifest))
+            plan = own_stage(plan, stage_layers(self.model_runner.get_model()))
             restore_released_mla_weights(self.model_runner.get_model())
             try:
                 self.model_runner.reload_weights(weights_iterator=_weights(plan, self.device, manifest))
@@ -115,6 +125,28 @@ def _check_layout(plan: MergePlan, template) -> None:
         raise AlloyError(f"recipe {plan.recipe.hash} makes a {'block-FP8' if child_fp8 else 'non-FP8'} child, but the "
                          f"engine was started for {'block-FP8' if engine_fp8 else 'non-FP8'} checkpoints like "
                          f"{template.path}; set the recipe's out_dtype to the parents' layout")
+
+
+def stage_layers(model: torch.nn.Module) -> range | None:
+    """The decoder layers of this rank's pipeline stage (vLLM's `start_layer` and `end_layer`), or None
+    when the engine has one stage."""
+    from vllm.distributed import get_pp_group
+
+    if get_pp_group().world_size == 1:
+        return None
+    for module in model.modules():
+        if isinstance(getattr(module, "start_layer", None), int) and isinstance(getattr(module, "end_layer", None), int):
+            return range(module.start_layer, module.end_layer)
+    return None
+
+
+def own_stage(plan: MergePlan, layers: range | None) -> MergePlan:
+    """`plan` without the tensors of decoder layers outside `layers` (another stage's, which this rank
+    neither holds nor needs merged); tensors of no layer (embeddings, head, norms) stay, and vLLM's
+    `load_weights` skips those the stage lacks."""
+    if layers is None:
+        return plan
+    return replace(plan, tasks=[t for t in plan.tasks if layer_index(t.name) is None or layer_index(t.name) in layers])
 
 
 def _weights(plan: MergePlan, device: torch.device, manifest: StoreManifest) -> Iterator[tuple[str, torch.Tensor]]:
@@ -173,9 +205,12 @@ class VllmEngine:
         manifest = _manifest(sweep, refresh=True)
         template = _template(manifest)
         on_gpu = torch.cuda.is_available()
-        check_servable(template.config, tensor_parallel, str(template.path), on_cpu=not on_gpu)
+        check_servable(template.config, tensor_parallel, str(template.path), on_cpu=not on_gpu, stages=pipeline_parallel)
         dtype = dtype or ("bfloat16" if on_gpu else cpu_dtype(template.config))
-        options: dict[str, Any] = dict(load_format="dummy", worker_extension_cls=EXTENSION, enforce_eager=not on_gpu)
+        # CPU engines run eagerly, except pipeline-parallel ones: vLLM 0.32's eager CPU path never sets up
+        # the buffers that carry activations between stages
+        options: dict[str, Any] = dict(load_format="dummy", worker_extension_cls=EXTENSION,
+                                       enforce_eager=not on_gpu and pipeline_parallel == 1)
         ranks = tensor_parallel * pipeline_parallel
         if ranks == 1:
             self.llm = local_engine(str(template.path), dtype=dtype, seed=seed, max_model_len=max_model_len, **options)

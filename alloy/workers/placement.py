@@ -110,11 +110,6 @@ def reserve(request: Mapping[str, float], count: int, what: str, timeout_s: floa
     return group
 
 
-def reserve_on_one_node(request: Mapping[str, float], count: int, what: str, timeout_s: float, name: str):
-    """`reserve`, with every bundle on one node (the ranks of one tensor-parallel engine)."""
-    return reserve(request, count, what, timeout_s, name, strategy="STRICT_PACK")
-
-
 def _describe(request: Mapping[str, float]) -> str:
     keys = [k for k in ("CPU", "GPU") if k in request] or list(request)
     return ", ".join(f"{k.lower()}: {request[k]:g}" for k in keys if request[k] > 0) or "nothing"

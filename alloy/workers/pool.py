@@ -48,8 +48,9 @@ class PoolSettings:
     """What the pool needs to start: the sweep's actor name, its parents, the evaluation, the resources.
 
     models: parent path → path as the store loads it; base: the base parent's path; tasks and options:
-    the `RungEvaluator`'s tasks and keyword options; cpu and gpu: each worker's resources;
-    concurrency: how many workers; backend: `vllm`, `hf` or `auto` (see `resolve_backend`).
+    the `RungEvaluator`'s tasks and keyword options; cpu and gpu: each worker's resources (of each of
+    its `stages`, vLLM pipeline stages, on GPUs); concurrency: how many workers; backend: `vllm`, `hf` or
+    `auto` (see `resolve_backend`).
     """
 
     sweep: str
@@ -61,6 +62,7 @@ class PoolSettings:
     gpu: float
     concurrency: int
     backend: str = "hf"
+    stages: int = 1
 
 
 # the evaluation options that belong to the vLLM LM itself (budget forcing) rather than to RungEvaluator
@@ -99,7 +101,8 @@ def check_vllm_workers(settings: PoolSettings) -> None:
     from alloy.workers.engine import check_servable
 
     path = settings.base or next(iter(settings.models.values()))
-    check_servable(Checkpoint.open(path).config, tensor_parallel_size(settings.gpu), path, on_cpu=not settings.gpu)
+    check_servable(Checkpoint.open(path).config, tensor_parallel_size(settings.gpu), path, on_cpu=not settings.gpu,
+                   stages=settings.stages)
 
 
 class CandidateWorker:
@@ -110,7 +113,8 @@ class CandidateWorker:
     child is swapped, scored by `ThinkingVLLM` on that engine.
     """
 
-    def __init__(self, sweep: str, evaluation: dict, device: str, backend: str = "hf", tensor_parallel: int = 1):
+    def __init__(self, sweep: str, evaluation: dict, device: str, backend: str = "hf", tensor_parallel: int = 1,
+                 pipeline_parallel: int = 1):
         from alloy.evaluation.harness import RungEvaluator
 
         options = dict(evaluation["options"])
@@ -122,7 +126,8 @@ class CandidateWorker:
             lm_options = {k: options.pop(k) for k in _LM_OPTIONS if k in options}
             options.pop("batch_size", None)  # vLLM schedules its own batches
             think = {k: lm_options.pop(k, None) for k in ("think_start", "think_end")}
-            self.child = VllmEngine(sweep, tensor_parallel=tensor_parallel, seed=options.get("seed", 0))
+            self.child = VllmEngine(sweep, tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+                                    seed=options.get("seed", 0))
             lm = ThinkingVLLM(self.child.llm, max_gen_toks=options["max_gen_toks"], seed=options.get("seed", 0),
                               budget=BudgetForcing(**lm_options), **think)
             self.evaluator = RungEvaluator(lm, None, evaluation["tasks"], **options)
@@ -182,7 +187,7 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
     up within `placement_timeout_s` are an AlloyError too, never an endless wait."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from alloy.workers.placement import check_placement, reserve, reserve_on_one_node
+    from alloy.workers.placement import check_placement, reserve
     from alloy.workers.store import start_stores
 
     sweep = settings.sweep
@@ -193,29 +198,35 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
     except ValueError:
         pass
     say(f"alloy: sweep workers evaluate on the {backend} backend"
-          + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else ""))
+        + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else "")
+        + (f", {settings.stages} pipeline stages per engine" if settings.stages > 1 else ""))
+    if settings.stages > 1 and backend != "vllm":
+        raise AlloyError(f"sweep {sweep!r}: search.resources.stages: pipeline stages need the vllm backend")
     what = f"sweep {sweep!r}: search.resources of its {settings.concurrency} workers"
     request = {"CPU": settings.cpu, "GPU": settings.gpu}
-    check_placement(request, settings.concurrency, what, placement_timeout_s)
+    # on GPUs each pipeline stage is a node's share; on a CPU host a worker's stages share its CPUs
+    stages = settings.stages if settings.gpu else 1
+    check_placement(request, settings.concurrency * stages, what, placement_timeout_s)
     if backend == "vllm":
         check_vllm_workers(settings)
     tp = tensor_parallel_size(settings.gpu) if backend == "vllm" else 1
     start_stores(sweep, settings.models, base=settings.base)
     evaluation = {"tasks": list(settings.tasks), "options": settings.options}
     device = "cuda" if settings.gpu > 0 else "cpu"
-    if tp == 1:  # one bundle per worker, reserved together
+    if tp * stages == 1:  # one bundle per worker, reserved together
         group = reserve(request, settings.concurrency, what, placement_timeout_s, _pool_name(sweep))
         groups = [] if group is None else [group]
         workers = [_start_worker(sweep, evaluation, device, backend, settings.cpu, settings.gpu,
                                  None if group is None else PlacementGroupSchedulingStrategy(
-                                     group, placement_group_bundle_index=i))
+                                     group, placement_group_bundle_index=i), pipeline_parallel=settings.stages)
                    for i in range(settings.concurrency)]
-    else:  # one GPU bundle per engine rank, all of a worker's ranks on one node
+    else:  # one GPU bundle per engine rank: a stage's ranks on one node, stages packed over nodes
         rank = {"CPU": settings.cpu / tp, "GPU": 1}
-        groups = [reserve_on_one_node(rank, tp, what, placement_timeout_s, f"{_pool_name(sweep)}-{i}")
+        groups = [reserve(rank, tp * stages, what, placement_timeout_s, f"{_pool_name(sweep)}-{i}",
+                          strategy="STRICT_PACK" if stages == 1 else "PACK")
                   for i in range(settings.concurrency)]
         workers = [_start_worker(sweep, evaluation, device, backend, rank["CPU"], 0, PlacementGroupSchedulingStrategy(
-            g, placement_group_capture_child_tasks=True), tp) for g in groups]
+            g, placement_group_capture_child_tasks=True), tp, stages) for g in groups]
     _LIVE_POOLS[sweep] = (None, workers, groups)
     ray.get([w.__ray_ready__.remote() for w in workers])  # resources held: start-up takes what it takes
     pool = ray.remote(num_cpus=0)(WorkerPool).options(name=_pool_name(sweep), namespace=POOL_NAMESPACE).remote(workers)
@@ -254,11 +265,13 @@ def stop(sweep: str, keep_stores: bool = False) -> list[str]:
 
 
 def _start_worker(sweep: str, evaluation: dict, device: str, backend: str, cpu: float, gpu: float,
-                  strategy: Any, tensor_parallel: int = 1):
-    """One worker actor placed by `strategy`. A tensor-parallel vLLM worker holds no GPU itself: its
-    placement group has one GPU bundle per rank on one node, and vLLM's Ray executor places the ranks there."""
+                  strategy: Any, tensor_parallel: int = 1, pipeline_parallel: int = 1):
+    """One worker actor placed by `strategy`. A vLLM worker of several GPUs holds no GPU itself: its
+    placement group has one GPU bundle per rank (a stage's on one node), and vLLM's Ray executor places
+    the ranks there."""
     worker = ray.remote(num_cpus=cpu, num_gpus=gpu, max_restarts=1)(CandidateWorker)
-    return worker.options(scheduling_strategy=strategy).remote(sweep, evaluation, device, backend, tensor_parallel)
+    return worker.options(scheduling_strategy=strategy).remote(sweep, evaluation, device, backend, tensor_parallel,
+                                                               pipeline_parallel)
 
 
 class LmEvalRunner:
