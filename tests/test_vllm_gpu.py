@@ -1,5 +1,5 @@
-"""The vLLM backend on GPUs: tensor parallel 1 and 2, DeepSeek-V3's MLA, and block-FP8 children
-(skipped without CUDA).
+"""The vLLM backend on GPUs: tensor parallel 1 and 2, two pipeline stages, DeepSeek-V3's MLA, and block-FP8
+children (skipped without CUDA).
 
 Each test swaps children into a live engine and compares with a fresh engine on the child that
 `alloy merge` writes, as tests/test_vllm_engine.py does on the CPU build.
@@ -29,7 +29,8 @@ def local_ray():
     ray.shutdown()
 
 
-def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype: str | None = None) -> None:
+def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype: str | None = None,
+                       stages: int = 1) -> None:
     from vllm import LLM
 
     from alloy.workers.engine import VllmEngine
@@ -39,14 +40,15 @@ def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype:
     children = recipes(paths)
     if out_dtype:
         children = [{**r, "out_dtype": out_dtype} for r in children]
-    engine = VllmEngine(sweep, tensor_parallel=tensor_parallel, executor="mp")
+    engine = VllmEngine(sweep, tensor_parallel=tensor_parallel, pipeline_parallel=stages, executor="mp")
     swapped = swap_each(engine, children)
     del engine
     gc.collect()
     assert swapped[2] == swapped[0] and swapped[0] != swapped[1]
     for i, recipe in enumerate(children):
-        llm = LLM(model=str(merged_child(root, i, recipe)), tensor_parallel_size=tensor_parallel, dtype="bfloat16",
-                  distributed_executor_backend="mp", gpu_memory_utilization=0.3)
+        llm = LLM(model=str(merged_child(root, i, recipe)), tensor_parallel_size=tensor_parallel,
+                  pipeline_parallel_size=stages, dtype="bfloat16", distributed_executor_backend="mp",
+                  gpu_memory_utilization=0.3)
         assert greedy(llm) == swapped[i]
         del llm
         gc.collect()
@@ -63,6 +65,14 @@ def test_tensor_parallel_2(local_ray, tmp_path, tiny_tokenizer):
     paths = write_parents(tmp_path, "qwen3", tiny_tokenizer, vllm=True, scale=0.3, hidden_size=128,
                           dtype=torch.bfloat16)
     swap_against_fresh(tmp_path, paths, "gpu-tp2", 2)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_pipeline_stages(local_ray, tmp_path, tiny_tokenizer):
+    """Each stage's rank merges and loads only its own layers (`own_stage`)."""
+    paths = write_parents(tmp_path, "qwen3", tiny_tokenizer, vllm=True, scale=0.3, hidden_size=128,
+                          dtype=torch.bfloat16)
+    swap_against_fresh(tmp_path, paths, "gpu-pp2", 1, stages=2)
 
 
 def test_deepseek_v3_mla(local_ray, tmp_path, tiny_tokenizer):
