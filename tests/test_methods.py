@@ -672,6 +672,13 @@ def test_sign_consensus_equals_the_former_one_signed_zeros_included(dtype):
             weighted = [d * w for d, w in zip(deltas, weights)]
             new, old = sign_consensus(weighted, weights, normalize), before.sign_consensus(weighted, weights, normalize)
             assert torch.equal(new, old) and torch.equal(torch.signbit(new), torch.signbit(old)), (k, normalize)
+            # a NaN or Inf in a task vector stays non-finite (the merge then names the parent), as before
+            broken = [w.clone() for w in weighted]
+            broken[0][10], broken[-1][20] = float("nan"), float("inf")
+            new, old = sign_consensus(broken, weights, normalize), before.sign_consensus(broken, weights, normalize)
+            assert torch.equal(new.isnan(), old.isnan()) and new[10].isnan() and not new[20].isfinite()
+            finite = old.isfinite()
+            assert torch.equal(new[finite], old[finite]) and torch.equal(new.isinf(), old.isinf()), (k, normalize)
 
 
 @pytest.mark.gpu
