@@ -1,9 +1,11 @@
 """Which sampler needs the fewest evaluations on merge-shaped objectives, and what the reported best is
 truly worth, measured in one run on the synthetic runner.
 
-    python bench/search_bench.py [--seeds 10] [--trials 60] [--questions 30] [--objectives smooth,step,groups]
+    python bench/search_bench.py [--seeds 10] [--trials 60] [--questions 30] [--repeats 1]
+                                 [--objectives smooth,step,groups]
 
-Three objectives over three parents (alloy.search.synthetic), each with binomial noise on n questions:
+Three objectives over three parents (alloy.search.synthetic), each with binomial noise on n questions
+(answered `--repeats` times each: sampled answers, whose confirmation draws new ones):
 `smooth` (an optimum inside the simplex), `step` (AoE's sharp flip in δ and λ), `groups` (six tensor
 groups, two of which matter). For random, TPE, CMA-ES and GP, with and without ASHA, and NSGA-II on a
 two-objective variant (score, tokens), over the seeds, it prints:
@@ -12,8 +14,9 @@ two-objective variant (score, tokens), over the seeds, it prints:
   trials to ε: the trials until then (median [IQR]; trials + 1 when never);
 - regret: optimum − the true, noise-free score of the reported best (median [min–max]); perfect pick:
   the same for the truly best trial the search evaluated at the last rung (what a noise-free pick gets);
-- samples: questions answered (a larger rung re-uses the answers of a smaller one, as the evaluator's
-  cache does), and the ASHA ratio: samples to ε without ASHA / with it;
+- samples: answers drawn (a larger rung re-uses the answers of a smaller one, as the evaluator's
+  cache does; the confirmation's new draws are new answers), and the ASHA ratio: samples to ε without
+  ASHA / with it;
 - `alloy default` (the sampler, ASHA and confirmation a search space gets by default) against plain
   CMA-ES (mergekit-evolve's search) given the same total samples, as a regret ratio.
 
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from alloy.search.confirm import decide_best, pick_candidates  # noqa: E402
+from alloy.search.confirm import confirmation_repeats, decide_best, pick_candidates  # noqa: E402
 from alloy.search.leaderboard import pareto_mask  # noqa: E402
 from alloy.search.runner import make_runner  # noqa: E402
 from alloy.search.samplers import scalarizes, scalarize  # noqa: E402
@@ -47,7 +50,8 @@ EPSILON = 0.02
 GROUP_SCOPES = ("attention", "mlp", "routed_experts", "shared_experts", "embed", "lm_head")
 
 
-def objective_space(kind: str, questions: int, search: dict, two_objectives: bool = False) -> SearchSpace:
+def objective_space(kind: str, questions: int, search: dict, two_objectives: bool = False,
+                    repeats: int = 1) -> SearchSpace:
     """The search space of one benchmark objective (synthetic runner, binomial noise, three parents)."""
     synthetic: dict[str, Any] = {"noise": "binomial", "target": {"A": 0.2, "B": 0.5, "C": 0.3},
                                  "group_targets": {"routed_experts": {"A": 0.1, "B": 0.2, "C": 0.7}},
@@ -68,7 +72,8 @@ def objective_space(kind: str, questions: int, search: dict, two_objectives: boo
             "parents": {"base": "A", "models": {"A": "/bench/a", "B": "/bench/b", "C": "/bench/c"}},
             "default": {"merge_method": "linear", "weights": "simplex"}, "groups": groups,
             "objectives": [METRIC, "tokens_mean"] if two_objectives else [METRIC],
-            "evaluation": {"runner": "synthetic", "tasks": ["aime24"], "rungs": rungs, "synthetic": synthetic},
+            "evaluation": {"runner": "synthetic", "tasks": ["aime24"], "rungs": rungs, "repeats": repeats,
+                           "synthetic": synthetic},
             "search": {"start": ["parents", "uniform"], **search}}
     return SearchSpace.from_dict(data, source=f"bench:{kind}", check_paths=False)
 
@@ -78,7 +83,7 @@ class Outcome:
     trials_to_eps: int          # trials until one within EPSILON of the optimum was evaluated (trials + 1: never)
     samples_to_eps: int         # questions answered until then
     regret: float               # optimum − true score of the reported best
-    samples: int                # questions answered in all (confirmation included)
+    samples: int                # answers drawn in all (confirmation included)
     found: float                # optimum − the true score of the best full-rung trial (what a perfect pick gets)
 
 
@@ -98,14 +103,16 @@ def run_search(space: SearchSpace, trials: int, asha: bool, confirm: bool) -> Ou
         study.enqueue_trial(params)
         references[space.candidate(params).recipe_hash] = label
     optimum = runner.best_score()
-    answered: dict[str, int] = {}       # recipe hash → questions answered so far
+    answered: dict[tuple, int] = {}     # (recipe hash, repeat indices) → questions answered so far
     rows, samples, to_eps = [], 0, None
 
-    def evaluate(recipe: dict, recipe_hash: str, n: int) -> dict:
+    def evaluate(recipe: dict, recipe_hash: str, n: int, repeats: range | None = None) -> dict:
         nonlocal samples
-        samples += max(0, n - answered.get(recipe_hash, 0))
-        answered[recipe_hash] = max(n, answered.get(recipe_hash, 0))
-        return runner.run(recipe, recipe_hash, n)
+        draws = range(space.evaluation.repeats) if repeats is None else repeats
+        key = (recipe_hash, draws.start, draws.stop)
+        samples += max(0, n - answered.get(key, 0)) * len(draws)
+        answered[key] = max(n, answered.get(key, 0))
+        return runner.run(recipe, recipe_hash, n, repeats)
 
     for number in range(trials):
         trial = study.ask()
@@ -134,7 +141,7 @@ def run_search(space: SearchSpace, trials: int, asha: bool, confirm: bool) -> Ou
         confirmed = []
         for row in pick_candidates(space, rows):
             n = space.search.confirm_samples
-            confirmed.append({**row, **evaluate(row["recipe"], row["recipe_hash"], n)})
+            confirmed.append({**row, **evaluate(row["recipe"], row["recipe_hash"], n, confirmation_repeats(space))})
         decide_best(space, confirmed)
         best = max((r for r in confirmed if r["best"]), key=lambda r: r[METRIC])
     else:
@@ -149,8 +156,8 @@ def _target(space: SearchSpace, metrics: dict) -> float:
 
 
 def trials_for_budget(space: SearchSpace, samples: int) -> int:
-    """How many full-rung trials (no ASHA, no confirmation) `samples` questions pay for."""
-    return max(1, samples // space.evaluation.rungs[-1])
+    """How many full-rung trials (no ASHA, no confirmation) `samples` answers pay for."""
+    return max(1, samples // (space.evaluation.rungs[-1] * space.evaluation.repeats))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +173,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--questions", type=int, default=30, help="questions at the last rung")
+    parser.add_argument("--repeats", type=int, default=1, help="sampled answers per question (evaluation.repeats)")
     parser.add_argument("--objectives", default="smooth,step,groups")
     parser.add_argument("--samplers", default="random,tpe,cmaes,gp")
     args = parser.parse_args()
@@ -174,8 +182,9 @@ def main() -> int:
     import torch  # the GP sampler's; one thread is faster for its small matrices on a shared machine
 
     torch.set_num_threads(1)
-    defaults = objective_space("smooth", args.questions, {}).search
-    print(f"search bench: {args.seeds} seeds, {args.trials} trials, {args.questions} questions at the last rung, "
+    defaults = objective_space("smooth", args.questions, {}, repeats=args.repeats).search
+    print(f"search bench: {args.seeds} seeds, {args.trials} trials, {args.questions} questions at the last rung "
+          f"x {args.repeats} answers, "
           f"ε = {EPSILON}; alloy default = {defaults.sampler} + ASHA (rf {defaults.reduction_factor:g}) + confirm "
           f"top {defaults.confirm_top} on {defaults.confirm_samples} samples")
     print(f"{'objective':<8} {'search':<22} {'reached ε':>9} {'trials to ε':>14} {'samples to ε':>18} "
@@ -189,18 +198,21 @@ def main() -> int:
 
         for seed in range(args.seeds):
             print(f"  {kind}: seed {seed}", file=sys.stderr, flush=True)
-            default_space = objective_space(kind, args.questions, {"seed": seed, "trials": args.trials})
+            default_space = objective_space(kind, args.questions, {"seed": seed, "trials": args.trials},
+                                            repeats=args.repeats)
             default = run_search(default_space, args.trials, asha=True, confirm=True)
             record("alloy default", default)
             cma = objective_space(kind, args.questions, {"sampler": "cmaes", "seed": seed,
-                                                          "trials": trials_for_budget(default_space, default.samples)})
+                                                          "trials": trials_for_budget(default_space, default.samples)},
+                                  repeats=args.repeats)
             record("cmaes, same samples", run_search(cma, cma.search.trials, asha=False, confirm=False))
             for sampler in args.samplers.split(","):
-                space = objective_space(kind, args.questions, {"sampler": sampler, "seed": seed, "trials": args.trials})
+                space = objective_space(kind, args.questions, {"sampler": sampler, "seed": seed, "trials": args.trials},
+                                        repeats=args.repeats)
                 record(f"{sampler}", run_search(space, args.trials, asha=False, confirm=False))
                 record(f"{sampler} + ASHA", run_search(space, args.trials, asha=True, confirm=False))
             nsga = objective_space(kind, args.questions, {"sampler": "nsga2", "seed": seed, "trials": args.trials},
-                                   two_objectives=True)
+                                   two_objectives=True, repeats=args.repeats)
             record("nsga2 (2 objectives)", run_search(nsga, args.trials, asha=False, confirm=False))
         for name, outcomes in results.items():
             t = quartiles([o.trials_to_eps for o in outcomes])
