@@ -132,28 +132,30 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
     return confirmed
 
 
+def question_counts(metrics: Mapping[str, Any]) -> dict[str, int]:
+    """Task → the questions a result scored ("task/n_samples"; empty from a runner that does not count them)."""
+    return {k.removesuffix("/n_samples"): int(v) for k, v in metrics.items() if k.endswith("/n_samples")}
+
+
 def questions_scored(metrics: Mapping[str, Any], asked: int) -> int:
-    """The questions a result scored: its largest task's "task/n_samples" (`asked` was capped by the
-    tasks' sizes), or `asked` from a runner that does not count them."""
-    counts = [int(v) for k, v in metrics.items() if k.endswith("/n_samples")]
-    return max(counts) if counts else asked
+    """The questions a result scored: its largest task's count (`asked` was capped by the tasks'
+    sizes), or `asked` from a runner that does not count them."""
+    return max(question_counts(metrics).values(), default=asked)
 
 
 def _same_scores(space: SearchSpace, row: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None) -> bool:
-    """Whether a stored confirmed row holds the scores of this confirmation's cached result."""
+    """Whether a stored confirmed row holds the scores of this confirmation's cached result (NaN equal NaN)."""
     if row is None or metrics is None:
         return False
-    return all(_float(row.get(m)) == _float(metrics.get(m)) or (math.isnan(_float(row.get(m)))
-                                                               and math.isnan(_float(metrics.get(m))))
-               for m in space.metrics)
+    pairs = [(_float(row.get(m)), _float(metrics.get(m))) for m in space.metrics]
+    return all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in pairs)
 
 
 def _warn_without_new_questions(space: SearchSpace, results: Sequence[Mapping[str, Any]]) -> None:
     """Say so when no task had questions beyond the last rung (its "task/n_samples" are all at most the
     last rung): then the confirmation re-scored the answers the search had already seen."""
     last = space.evaluation.rungs[-1]
-    counts = {k.removesuffix("/n_samples"): int(v) for metrics in results for k, v in metrics.items()
-              if k.endswith("/n_samples")}
+    counts = {task: n for metrics in results for task, n in question_counts(metrics).items()}
     if counts and max(counts.values()) <= last:
         sizes = ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
         say(f"warning: search.confirm.samples asked for {space.search.confirm_samples} questions, but the tasks hold "

@@ -146,7 +146,7 @@ def own_stage(plan: MergePlan, layers: range | None) -> MergePlan:
     `load_weights` skips those the stage lacks."""
     if layers is None:
         return plan
-    return replace(plan, tasks=[t for t in plan.tasks if layer_index(t.name) is None or layer_index(t.name) in layers])
+    return replace(plan, tasks=[t for t in plan.tasks if (layer := layer_index(t.name)) is None or layer in layers])
 
 
 def _weights(plan: MergePlan, device: torch.device, manifest: StoreManifest) -> Iterator[tuple[str, torch.Tensor]]:

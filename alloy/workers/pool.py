@@ -200,8 +200,6 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
     say(f"alloy: sweep workers evaluate on the {backend} backend"
         + (f" (evaluation.backend: {settings.backend})" if settings.backend != backend else "")
         + (f", {settings.stages} pipeline stages per engine" if settings.stages > 1 else ""))
-    if settings.stages > 1 and backend != "vllm":
-        raise AlloyError(f"sweep {sweep!r}: search.resources.stages: pipeline stages need the vllm backend")
     what = f"sweep {sweep!r}: search.resources of its {settings.concurrency} workers"
     request = {"CPU": settings.cpu, "GPU": settings.gpu}
     # on GPUs each pipeline stage is a node's share; on a CPU host a worker's stages share its CPUs
