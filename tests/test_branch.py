@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from alloy.branch.data import IGNORE_INDEX, Trace, encode_trace, encode_traces, load_chat_tokenizer, read_traces
-from alloy.branch.losses import branch_loss, kd_loss
+from alloy.branch.losses import branch_loss, kd_loss, retain_loss
 from alloy.branch.teacher import compute_teacher_logits, read_teacher_logits, write_teacher_logits
 from alloy.branch.train import BranchSettings, branch, epoch_shard, plan_branch
 from alloy.demo.backbone import build_backbone
@@ -117,6 +117,24 @@ def test_kd_loss_matches_a_hand_computation():
     assert loss.item() == pytest.approx(0.75 * expected_sft + 0.25 * expected, rel=1e-6)
 
 
+def test_retain_loss_is_the_kl_to_the_reference_at_response_positions():
+    torch.manual_seed(0)
+    reference = torch.randn(2, 4, 5)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1], [IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX]])
+    student = torch.cat([reference, torch.randn(2, 3, 5)], dim=1)  # a wider batch: the extra columns are unread
+    assert retain_loss(student, reference, labels).item() == pytest.approx(0.0, abs=1e-7)
+    student[:, :4] = torch.randn(2, 4, 5)
+    terms = []
+    for b, i in ((0, 1), (0, 2), (1, 0)):  # the positions that predict a response token
+        log_p, log_q = reference[b, i].log_softmax(-1), student[b, i].log_softmax(-1)
+        terms.append((log_p.exp() * (log_p - log_q)).sum())
+    assert retain_loss(student, reference, labels).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-6)
+    changed = student.clone()
+    changed[0, 0] += 5.0  # predicts a prompt token
+    changed[1, 3] += 5.0  # past the last response token
+    assert torch.allclose(retain_loss(changed, reference, labels), retain_loss(student, reference, labels))
+
+
 def test_teacher_logits_file_roundtrip_truncation_and_errors(workspace, tmp_path):
     tokenizer, vocab = workspace["tokenizer"], len(workspace["tokenizer"])
     traces = read_traces(workspace["files"]["math"])
@@ -185,6 +203,11 @@ def test_bad_inputs_fail_before_ray_starts(workspace, tmp_path, monkeypatch):
     fails("kd-alpha", settings=BranchSettings(kd_alpha=2.0))
     fails("no run folder", resume=True)
     fails("at least --max-length", settings=BranchSettings(max_length=8))
+    fails("--retain-weight is 0", retain=[workspace["files"]["science"]])
+    fails("no traces to retain", settings=BranchSettings(retain_weight=1.0))
+    fails("does not exist", settings=BranchSettings(retain_weight=1.0), retain=[tmp_path / "missing.jsonl"])
+    fails(r"--anchor must be at least 0 and at most 1 / --lr = 500", settings=BranchSettings(lr=2e-3, anchor=600.0))
+    fails("--retain-batch-size must be at least 1", settings=BranchSettings(retain_batch_size=0))
 
     no_tokenizer = tmp_path / "no_tokenizer"
     no_tokenizer.mkdir()
@@ -260,6 +283,44 @@ def test_branch_writes_experts_that_reload_and_differ_from_the_backbone(workspac
     assert "kd_loss" not in results["science"].metrics
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
     assert (out / ".runs" / "math" / "alloy_branch.json").is_file()
+
+
+def _distance(weights: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float((weights[k].double() - base[k].double()).pow(2).sum()) for k in base))
+
+
+def _kl_to_backbone(expert_dir: Path, workspace, domain: str) -> float:
+    """The retain term of `expert_dir` on a domain's traces: KL(backbone || expert) at response tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from alloy.branch.data import collate
+
+    examples = encode_traces(workspace["tokenizer"], read_traces(workspace["files"][domain]), MAX_LENGTH, domain)
+    batch = collate(examples, workspace["tokenizer"].pad_token_id)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = [AutoModelForCausalLM.from_pretrained(d).eval()(**batch).logits
+                  for d in (workspace["backbone"], expert_dir)]
+    return float(retain_loss(logits[1], logits[0], labels))
+
+
+@pytest.mark.slow
+def test_anchor_and_retain_keep_an_expert_near_the_backbone(workspace, first_run):
+    from dataclasses import replace
+
+    out, _ = first_run
+    base = _tensors(workspace["backbone"])
+    free = out / "science"  # SETTINGS: neither term
+    science = {"science": workspace["files"]["science"]}
+    anchored = branch(workspace["backbone"], science, workspace["root"] / "anchor", replace(SETTINGS, anchor=200.0))
+    retained = branch(workspace["backbone"], science, workspace["root"] / "retain",
+                      replace(SETTINGS, retain_weight=20.0, retain_batch_size=4), retain=[workspace["files"]["math"]])
+    kept = {"anchor": anchored["science"], "retain": retained["science"]}
+    assert "retain_loss" in kept["retain"].metrics and math.isfinite(kept["retain"].metrics["retain_loss"])
+    assert "retain_loss" not in kept["anchor"].metrics
+    assert _distance(_tensors(kept["anchor"].expert_dir), base) < 0.8 * _distance(_tensors(free), base)
+    assert _kl_to_backbone(kept["retain"].expert_dir, workspace, "math") < 0.8 * _kl_to_backbone(free, workspace,
+                                                                                                   "math")
 
 
 @pytest.mark.slow

@@ -102,15 +102,19 @@ def test_fsdp2_and_ddp_give_the_same_loss_curve(tmp_path, ray_cluster):
     backbone = build_backbone(tmp_path / "backbone", traces, steps=2, batch_size=4, max_length=128, vocab_size=300)
     data = tmp_path / "math.jsonl"
     data.write_text("".join(json.dumps(t) + "\n" for t in traces))
+    retain = tmp_path / "science.jsonl"  # the anchor and the retain term, on a sharded backbone with FSDP
+    retain.write_text("".join(json.dumps(item.trace) + "\n" for item in split_domain("science", 6, 0, 0)[0]))
     results = {}
     for strategy in ("ddp", "fsdp"):
         settings = BranchSettings(epochs=2, lr=2e-3, batch_size=2, max_length=256, num_workers=2, strategy=strategy,
                                   lr_schedule="cosine", warmup_ratio=0.25, pack_length=256,
-                                  activation_checkpointing=strategy == "fsdp")
-        results[strategy] = branch(backbone, {"math": data}, tmp_path / strategy, settings)["math"]
+                                  activation_checkpointing=strategy == "fsdp", anchor=50.0, retain_weight=1.0,
+                                  retain_batch_size=2)
+        results[strategy] = branch(backbone, {"math": data}, tmp_path / strategy, settings, retain=[retain])["math"]
     ddp, fsdp = results["ddp"].metrics, results["fsdp"].metrics
     assert ddp["steps_per_worker"] == fsdp["steps_per_worker"] >= 1
     assert fsdp["step_losses"] == pytest.approx(ddp["step_losses"], rel=1e-5)
+    assert fsdp["retain_loss"] == pytest.approx(ddp["retain_loss"], rel=1e-4) and ddp["retain_loss"] > 0
     assert fsdp["lr"] == ddp["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine decays to 0 at the last step
     a, b = (load_file(str(results[s].expert_dir / "model.safetensors")) for s in ("ddp", "fsdp"))
     assert set(a) == set(b)

@@ -1,4 +1,5 @@
-"""Losses of the branch phase: SFT on response tokens, optionally mixed with top-k distillation."""
+"""Losses of the branch phase: SFT on response tokens, optionally mixed with top-k distillation, and the
+retain term that keeps an expert's predictions on other traces at the backbone's."""
 from __future__ import annotations
 
 import torch
@@ -45,3 +46,17 @@ def branch_loss(logits: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"teacher rows ({indices.shape[0]}) do not match response tokens ({rows.shape[0]})")
     kd = kd_loss(rows, indices.to(rows.device), teacher_logits.to(rows.device), temperature)
     return (1.0 - alpha) * sft + alpha * kd, sft, kd
+
+
+def retain_loss(student_logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(reference ‖ student) over the full vocabulary at every response position, averaged over them.
+
+    `student_logits` (B, L, V) may be wider than `reference_logits` and `labels` (B, L', V) and (B, L')
+    (its rows are padded further); both are read at the positions that predict a response token of
+    `labels`, as in `branch_loss`.
+    """
+    width = labels.shape[1]
+    mask = labels[:, 1:] != IGNORE_INDEX
+    log_q = torch.log_softmax(student_logits[:, :width - 1][mask].float(), dim=-1)
+    log_p = torch.log_softmax(reference_logits[:, :width - 1][mask].float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()

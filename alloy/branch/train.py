@@ -28,6 +28,18 @@ seeded by (seed, epoch) and split evenly over the workers (the shuffled order is
 around, so every worker runs the same number of steps). AdamW (no weight decay), gradients clipped to
 norm 1, and a learning-rate schedule (`lr_schedule`: `constant`, `linear` or `cosine` decay to 0 over
 the run's steps, after a linear warmup over `warmup_ratio` of them; transformers' `get_scheduler`).
+
+Two terms keep an expert near the backbone, so that experts branched from it stay mergeable (their
+task vectors small, and each one's changes confined to its own domain):
+
+- `anchor` a: after each optimizer step every weight moves back toward the backbone's by the fraction
+  lr_t · a of the gap (weight decay toward the backbone instead of toward 0; lr_t is the step's
+  learning rate);
+- `retain_weight` β: each step also takes `retain_batch_size` examples of the retain traces (by
+  default the other domains' traces) as extra rows of the same forward pass, and adds β · KL(backbone ‖
+  expert) over the full vocabulary at their response positions to the loss.
+
+Both read a frozen copy of the backbone on every worker (sharded like the trained model with FSDP).
 """
 from __future__ import annotations
 
@@ -38,7 +50,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from alloy.io.atomic import atomic_dir, atomic_write_text
 from alloy.branch.data import (EncodedExample, encode_traces, load_chat_tokenizer, pack_examples, pad_id,
@@ -73,6 +85,9 @@ class BranchSettings:
     lr_schedule: str = "constant"  # "constant", "linear" or "cosine"
     warmup_ratio: float = 0.0  # share of the run's steps with a linear warmup
     pack_length: int | None = None  # pack examples into rows of this many tokens (None: no packing)
+    anchor: float = 0.0  # after each step, weights move back toward the backbone's by lr * anchor of the gap
+    retain_weight: float = 0.0  # weight of the KL to the backbone on the retain traces
+    retain_batch_size: int = 4  # retain examples per worker per step
 
     def validate(self) -> None:
         """Raise AlloyError naming the first setting out of range."""
@@ -87,7 +102,11 @@ class BranchSettings:
                   ("max_length", self.max_length >= 2, "at least 2"),
                   ("num_workers", self.num_workers >= 1, "at least 1"),
                   ("kd_temperature", self.kd_temperature > 0, "positive"),
-                  ("kd_alpha", 0.0 <= self.kd_alpha <= 1.0, "between 0 and 1"))
+                  ("kd_alpha", 0.0 <= self.kd_alpha <= 1.0, "between 0 and 1"),
+                  ("anchor", self.anchor >= 0 and self.anchor * self.lr <= 1.0,
+                   f"at least 0 and at most 1 / --lr = {1 / self.lr if self.lr > 0 else math.inf:g}"),
+                  ("retain_weight", self.retain_weight >= 0, "at least 0"),
+                  ("retain_batch_size", self.retain_batch_size >= 1, "at least 1"))
         for name, ok, what in checks:
             if not ok:
                 raise AlloyError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)!r}")
@@ -102,6 +121,7 @@ class DomainJob:
     examples: list[EncodedExample]
     rows: list[list[int]] | None  # packed rows of example indices (None without packing)
     teacher: list[tuple[Any, Any]] | None  # aligned with examples: (indices, logits) kept rows
+    retain: list[EncodedExample]  # traces whose backbone predictions the expert keeps (retain_weight)
     teacher_file: Path | None
     expert_dir: Path
     run_dir: Path
@@ -132,7 +152,8 @@ class BranchResult:
         """One line for the terminal: where the expert is and its last epoch's losses."""
         if not self.metrics:
             return f"{self.domain}: expert {self.expert_dir} already exists (delete it to train again)"
-        losses = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("loss", "sft_loss", "kd_loss") if k in self.metrics)
+        losses = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("loss", "sft_loss", "kd_loss", "retain_loss")
+                           if k in self.metrics)
         return f"{self.domain}: expert {self.expert_dir} (epoch {self.metrics.get('epoch')}, {losses})"
 
 
@@ -165,8 +186,13 @@ def check_domain(domain: str, option: str) -> None:
 
 def plan_branch(backbone: str | Path, data: Mapping[str, str | Path], out: str | Path,
                 settings: BranchSettings = BranchSettings(), *, teacher_logits: Mapping[str, str | Path] | None = None,
-                resume: bool = False, storage: str | Path | None = None) -> BranchPlan:
-    """Validate every input and tokenize every trace file; no Ray, no training."""
+                retain: Sequence[str | Path] | None = None, resume: bool = False,
+                storage: str | Path | None = None) -> BranchPlan:
+    """Validate every input and tokenize every trace file; no Ray, no training.
+
+    With `settings.retain_weight` above 0, each domain keeps the backbone's predictions on the `retain`
+    trace files, or, without them, on the other domains' traces of `data`.
+    """
     from transformers import AutoConfig
 
     from alloy.branch.teacher import read_teacher_logits
@@ -185,11 +211,20 @@ def plan_branch(backbone: str | Path, data: Mapping[str, str | Path], out: str |
     vocab_size = AutoConfig.from_pretrained(backbone, local_files_only=True).vocab_size
     out = Path(out).resolve()
     storage = Path(storage).resolve() if storage is not None else out / ".runs"
+    if retain and not settings.retain_weight:
+        raise AlloyError("--retain gives traces to retain, but --retain-weight is 0; set it above 0")
+    encoded = {Path(f): encode_traces(tokenizer, read_traces(Path(f)), settings.max_length, str(f))
+               for f in [*data.values(), *(retain or ())]}
     jobs, done = [], {}
     for domain, trace_file in data.items():
         trace_file = Path(trace_file)
         expert_dir = out / domain
-        examples = encode_traces(tokenizer, read_traces(trace_file), settings.max_length, str(trace_file))
+        examples = encoded[trace_file]
+        retain_files = [Path(f) for f in retain] if retain else [Path(f) for d, f in data.items() if d != domain]
+        retain_files = retain_files if settings.retain_weight else []
+        if settings.retain_weight and not retain_files:
+            raise AlloyError(f"--retain-weight: domain {domain!r} has no traces to retain; pass --retain FILE, or "
+                             f"more than one --data domain (each retains the others)")
         rows = pack_examples(examples, settings.pack_length, str(trace_file)) if settings.pack_length else None
         teacher_file = Path(teacher_logits[domain]) if domain in teacher_logits else None
         teacher = read_teacher_logits(teacher_file, examples, vocab_size) if teacher_file else None
@@ -202,9 +237,11 @@ def plan_branch(backbone: str | Path, data: Mapping[str, str | Path], out: str |
                              f"start it")
         fingerprint = {"backbone": str(backbone), "traces_sha256": _sha256(trace_file),
                        "teacher_sha256": _sha256(teacher_file) if teacher_file else None,
+                       "retain_sha256": [_sha256(f) for f in retain_files] or None,
                        **{k: v for k, v in asdict(settings).items() if k not in _RUN_FREE_SETTINGS}}
         _check_run_settings(run_dir, fingerprint)
-        jobs.append(DomainJob(domain, trace_file, examples, rows, teacher, teacher_file, expert_dir, run_dir, fingerprint))
+        jobs.append(DomainJob(domain, trace_file, examples, rows, teacher, [e for f in retain_files for e in encoded[f]],
+                              teacher_file, expert_dir, run_dir, fingerprint))
     return BranchPlan(backbone, settings, storage, pad_id(tokenizer), jobs, done)
 
 
@@ -244,14 +281,16 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
 
 def branch(backbone: str | Path, data: Mapping[str, str | Path], out: str | Path,
            settings: BranchSettings = BranchSettings(), *, teacher_logits: Mapping[str, str | Path] | None = None,
-           resume: bool = False, address: str | None = None,
+           retain: Sequence[str | Path] | None = None, resume: bool = False, address: str | None = None,
            storage: str | Path | None = None) -> dict[str, BranchResult]:
     """Fine-tune `backbone` on each domain's traces; return domain -> its expert (`<out>/<domain>/`).
 
     `data` and `teacher_logits` map a domain name to its trace JSONL and (optionally) its teacher-logits
-    file (see `alloy.branch.teacher`). All inputs are validated before Ray starts.
+    file (see `alloy.branch.teacher`); `retain` are the trace files of the retain term (see
+    `plan_branch`). All inputs are validated before Ray starts.
     """
-    plan = plan_branch(backbone, data, out, settings, teacher_logits=teacher_logits, resume=resume, storage=storage)
+    plan = plan_branch(backbone, data, out, settings, teacher_logits=teacher_logits, retain=retain, resume=resume,
+                       storage=storage)
     results = {domain: BranchResult(domain, path, {}) for domain, path in plan.done.items()}
     if plan.jobs:
         with ray_session(address, num_cpus=max(2, settings.num_workers)):
@@ -271,7 +310,8 @@ def _run_domain(plan: BranchPlan, job: DomainJob) -> BranchResult:
         atomic_write_text(settings_file, json.dumps(job.fingerprint, indent=2, sort_keys=True))
     settings = plan.settings
     config = {"backbone": str(plan.backbone), "pad_token_id": plan.pad_token_id,
-              "data": ray.put({"examples": job.examples, "rows": job.rows, "teacher": job.teacher}), **asdict(settings)}
+              "data": ray.put({"examples": job.examples, "rows": job.rows, "teacher": job.teacher,
+                               "retain": job.retain}), **asdict(settings)}
     trainer = TorchTrainer(
         train_domain_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu),
@@ -327,23 +367,61 @@ def _shard_fsdp(model, device_type: str, bf16: bool):
 
 
 def _batch(config: dict[str, Any], examples: list[EncodedExample], rows: list[list[int]] | None, teacher,
-           items: list[int], device) -> tuple[dict[str, Any], Any]:
-    """Model inputs and teacher rows of the items (examples, or packed rows) of one step."""
+           items: list[int], retained: list[EncodedExample], device) -> tuple[dict[str, Any], Any, dict[str, Any] | None]:
+    """Model inputs and teacher rows of the items (examples, or packed rows) of one step.
+
+    The `retained` examples are extra rows at the end of the model inputs (one forward pass); the third
+    value is the same examples as the reference model's inputs (None without them).
+    """
     import torch
 
     from alloy.branch.data import collate, collate_packed
 
     if rows is None:
         chosen = [[i] for i in items]
-        batch = collate([examples[i] for i in items], config["pad_token_id"])
+        batch = collate([examples[i] for i in items] + retained, config["pad_token_id"])
     else:
         chosen = [rows[i] for i in items]
-        batch = collate_packed([[examples[j] for j in row] for row in chosen], config["pad_token_id"])
+        batch = collate_packed([[examples[j] for j in row] for row in chosen] + [[e] for e in retained],
+                               config["pad_token_id"])
     teacher_rows = None
     if teacher is not None:
         order = [j for row in chosen for j in row]
         teacher_rows = (torch.cat([teacher[j][0] for j in order]), torch.cat([teacher[j][1] for j in order]))
-    return {k: v.to(device) for k, v in batch.items()}, teacher_rows
+    reference = collate(retained, config["pad_token_id"]) if retained else None
+    on_device = (lambda b: {k: v.to(device) for k, v in b.items()})
+    return on_device(batch), teacher_rows, on_device(reference) if reference else None
+
+
+def _reference_model(config: dict[str, Any], device, fsdp: bool, bf16: bool):
+    """The frozen backbone on this worker (sharded like the trained model with FSDP): the anchor's
+    weights and the retain term's predictions."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(config["backbone"], dtype="float32")
+    reference.config.use_cache = False
+    reference.requires_grad_(False)
+    reference.eval()
+    return _shard_fsdp(reference.to(device), device.type, bf16) if fsdp else reference.to(device)
+
+
+def _retain_draw(retain: list[EncodedExample], config: dict[str, Any], epoch: int, rank: int):
+    """A generator of each step's retain examples, seeded by (seed, epoch, rank): a resumed epoch draws
+    the same ones."""
+    import torch
+
+    generator = torch.Generator().manual_seed((config["seed"] * 1_000_003 + epoch) * 1_009 + rank)
+    while True:
+        yield [retain[i] for i in torch.randint(len(retain), (config["retain_batch_size"],), generator=generator)]
+
+
+def _pull_toward(pairs: list[tuple[Any, Any]], fraction: float) -> None:
+    """Move each trained weight `fraction` of the way back to its reference weight (the anchor)."""
+    import torch
+
+    with torch.no_grad():
+        for weight, reference in pairs:
+            weight.lerp_(reference, fraction)
 
 
 def train_domain_loop(config: dict[str, Any]) -> None:
@@ -356,13 +434,13 @@ def train_domain_loop(config: dict[str, Any]) -> None:
     from ray.train.torch import get_device, prepare_model
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from alloy.branch.losses import branch_loss
+    from alloy.branch.losses import branch_loss, retain_loss
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     payload = ray.get(config["data"])
     examples: list[EncodedExample] = payload["examples"]
-    rows, teacher = payload["rows"], payload["teacher"]
+    rows, teacher, retain = payload["rows"], payload["teacher"], payload["retain"]
     torch.manual_seed(config["seed"])
     device = get_device()
     fsdp = config["strategy"] == "fsdp"
@@ -397,37 +475,58 @@ def train_domain_loop(config: dict[str, Any]) -> None:
         _load_optimizer(model, optimizer, state["optimizer"], fsdp)
         scheduler.load_state_dict(state["scheduler"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and not fsdp)
+    reference = _reference_model(config, device, fsdp, bf16) if config["anchor"] or config["retain_weight"] else None
+    anchors = []
+    if config["anchor"]:
+        backbone_weights = dict(reference.named_parameters())
+        trained = model.module if hasattr(model, "module") else model
+        anchors = [(weight, backbone_weights[name]) for name, weight in trained.named_parameters()]
 
     for epoch in range(start_epoch, config["epochs"]):
         shard = epoch_shard(n_items, world, rank, config["seed"], epoch)
         step_losses = []
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # sft, kd, steps
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # sft, kd, retain, steps
+        draws = _retain_draw(retain, config, epoch, rank) if config["retain_weight"] else None
         for start in range(0, len(shard), config["batch_size"]):
-            batch, teacher_rows = _batch(config, examples, rows, teacher, shard[start:start + config["batch_size"]],
-                                         device)
+            retained = next(draws) if draws is not None else []
+            batch, teacher_rows, reference_batch = _batch(config, examples, rows, teacher,
+                                                          shard[start:start + config["batch_size"]], retained, device)
             labels = batch.pop("labels")
+            n = labels.shape[0] - len(retained)
             with autocast:
                 logits = model(**batch, use_cache=False).logits  # with a cache, packing would leak
-            loss, sft, kd = branch_loss(logits, labels, teacher_rows, config["kd_temperature"], config["kd_alpha"])
+            loss, sft, kd = branch_loss(logits[:n], labels[:n], teacher_rows, config["kd_temperature"],
+                                        config["kd_alpha"])
+            kept = None
+            if reference_batch is not None:
+                reference_labels = reference_batch.pop("labels")
+                with torch.no_grad(), autocast:
+                    reference_logits = reference(**reference_batch, use_cache=False).logits
+                kept = retain_loss(logits[n:], reference_logits, reference_labels)
+                loss = loss + config["retain_weight"] * kept
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if anchors:
+                _pull_toward(anchors, scheduler.get_last_lr()[0] * config["anchor"])
             scheduler.step()
             step_losses.append(loss.item())
-            sums += torch.tensor([sft.item(), kd.item() if kd is not None else 0.0, 1.0], dtype=torch.float64,
-                                 device=device)
+            sums += torch.tensor([sft.item(), kd.item() if kd is not None else 0.0,
+                                  kept.item() if kept is not None else 0.0, 1.0], dtype=torch.float64, device=device)
         losses = torch.tensor(step_losses, dtype=torch.float64, device=device)
         if world > 1:
             torch.distributed.all_reduce(sums)
             torch.distributed.all_reduce(losses)
         losses /= world
-        steps = float(sums[2])
+        steps = float(sums[3])
         metrics = {"epoch": epoch + 1, "start_epoch": start_epoch, "steps_per_worker": int(steps) // world,
                    "loss": float(losses.mean()), "sft_loss": float(sums[0]) / steps, "step_losses": losses.tolist(),
                    "lr": scheduler.get_last_lr()[0]}
         if teacher is not None:
             metrics["kd_loss"] = float(sums[1]) / steps
+        if config["retain_weight"]:
+            metrics["retain_loss"] = float(sums[2]) / steps
         model_state, optimizer_state = _full_state(model, optimizer, fsdp)
         with tempfile.TemporaryDirectory() as tmp:
             reported = None

@@ -43,6 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     parser.add_argument("--kd-alpha", type=float, default=0.5,
                         help="weight of the distillation loss; the SFT loss gets 1 - alpha (default 0.5)")
+    parser.add_argument("--anchor", type=float, default=0.0, metavar="A",
+                        help="after each step, move every weight back toward the backbone's by lr x A of the gap "
+                             "(keeps task vectors small for merging; default 0)")
+    parser.add_argument("--retain-weight", type=float, default=0.0, metavar="BETA",
+                        help="add BETA x KL(backbone || expert) on retain traces to the loss (default 0)")
+    parser.add_argument("--retain", action="append", default=[], metavar="FILE",
+                        help="traces whose backbone predictions each expert keeps (repeatable; default with "
+                             "--retain-weight: the other --data domains' traces)")
+    parser.add_argument("--retain-batch-size", type=int, default=4,
+                        help="retain examples per worker per step (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to use: 'auto' or ray://HOST:PORT (default: start Ray on this machine)")
@@ -78,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
                               num_workers=args.num_workers, use_gpu=args.use_gpu, kd_temperature=args.kd_temperature,
                               kd_alpha=args.kd_alpha, seed=args.seed, strategy=args.strategy, precision=args.precision,
                               activation_checkpointing=args.activation_checkpointing, lr_schedule=args.lr_schedule,
-                              warmup_ratio=args.warmup_ratio, pack_length=args.pack_length)
+                              warmup_ratio=args.warmup_ratio, pack_length=args.pack_length, anchor=args.anchor,
+                              retain_weight=args.retain_weight, retain_batch_size=args.retain_batch_size)
     with quiet_output(Path(args.out) / LOG_FILE, args.verbose):
         results = branch(args.backbone, parse_pairs(args.data, "--data"), args.out, settings,
-                         teacher_logits=parse_pairs(args.teacher_logits, "--teacher-logits"), resume=args.resume,
+                         teacher_logits=parse_pairs(args.teacher_logits, "--teacher-logits"), retain=args.retain or None,
+                         resume=args.resume,
                          address=args.address, storage=args.storage)
     for result in results.values():
         print(result.describe())
