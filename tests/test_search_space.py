@@ -170,6 +170,15 @@ def test_start_points(tmp_path):
     assert 1e-4 <= uniform["routed_experts.threshold"] <= 1.0
 
 
+def test_a_parent_start_point_on_weight_ranges_is_the_parent(tmp_path):
+    data = space_dict(default={"merge_method": "task_arithmetic", "parameters": {"lambda": 1.0},
+                               "weights": {"B": {"low": 0.0, "high": 1.5}, "C": {"low": 0.0, "high": 0.8}}})
+    data["search"]["start"] = ["parents"]
+    points = dict(load_space(write_space(tmp_path, data)).start_points())
+    assert points["parent:B"]["default.weights.B"] == 1.0 and points["parent:B"]["default.weights.C"] == 0.0
+    assert points["parent:C"]["default.weights.C"] == 0.8  # 1 is above the range: its high end
+
+
 def test_method_choice_gradients_and_grid(tmp_path):
     data = space_dict(default={
         "merge_method": ["linear", "ties"],

@@ -1,8 +1,10 @@
 """The local demo: branch → merge → evaluate on one machine with an embedded Ray.
 
 1. synthetic data: three learnable domains in three benchmarks' formats, with disjoint training and
-   evaluation problems; a tiny tokenizer and a tiny MoE backbone pre-trained on the formats only;
-2. branch: one expert per domain with Ray Train (cosine learning-rate schedule);
+   evaluation problems; a tiny tokenizer and a tiny MoE backbone pre-trained on the formats and a
+   small share of each domain's training problems;
+2. branch: one expert per domain with Ray Train (cosine learning-rate schedule), kept mergeable by
+   the anchor to the backbone and the retain term on the other domains' traces;
 3. sweep: AoE / TIES / task-arithmetic / linear merges of the experts (`search_spaces/demo.yaml`), each
    child built in memory and scored by lm-eval on the three tasks, one trial at a time so that a seed
    gives the same results;
@@ -44,8 +46,11 @@ class DemoScale:
     n_train: int = 400
     n_eval: int = 40
     n_format: int = 200             # backbone traces per benchmark format
-    backbone_steps: int = 200
+    n_backbone_domain: int = 100    # of each domain's training traces, also in the backbone's pre-training
+    backbone_steps: int = 600
     expert_epochs: int = 24         # of n_train / 16 = 25 optimizer steps each
+    anchor: float = 10.0            # the experts' pull toward the backbone (BranchSettings.anchor)
+    retain_weight: float = 1.0      # their KL to the backbone on the other domains' traces
     trials: int | None = None       # None: as search_spaces/demo.yaml says
     rungs: tuple[int, ...] | None = None
 
@@ -84,22 +89,27 @@ def prepare_models(out: Path, term: Terminal, seed: int = 0, scale: DemoScale = 
     data = out / "data"
     traces = {domain: data / "traces" / f"{domain}.jsonl" for domain in DOMAIN_TASKS}
     with stage(term, f"[1/4] data and backbone: {scale.n_train} training and {scale.n_eval} evaluation problems "
-                     f"per domain (disjoint), a tiny MoE backbone that knows the formats"):
+                     f"per domain (disjoint), a tiny MoE backbone that knows the formats and has seen "
+                     f"{scale.n_backbone_domain} training problems per domain"):
         if not all(p.is_file() for p in traces.values()) or not all(
                 (data / "eval" / f"{task}.jsonl").is_file() for task in DOMAIN_TASKS.values()):
             write_domain_data(data, n_train=scale.n_train, n_eval=scale.n_eval, seed=seed)
-        domain_texts = [f"{t.prompt}\n{t.response}" for path in traces.values() for t in read_traces(path)]
+        domain_traces = [read_traces(path) for path in traces.values()]
+        seen = [{"prompt": t.prompt, "response": t.response} for ts in domain_traces for t in ts[:scale.n_backbone_domain]]
         started = time.monotonic()
-        build_backbone(out / "backbone", format_traces(scale.n_format, seed), seed=seed, steps=scale.backbone_steps,
-                       max_length=512, tokenizer_texts=domain_texts,
+        build_backbone(out / "backbone", format_traces(scale.n_format, seed) + seen, seed=seed,
+                       steps=scale.backbone_steps, max_length=512,
+                       tokenizer_texts=[f"{t.prompt}\n{t.response}" for ts in domain_traces for t in ts],
                        progress=lambda step, steps, loss: term.bar("backbone", step, steps, started, f"loss {loss:.3f}")
                        if step % 5 == 0 or step == steps else None)
     with stage(term, "[2/4] branch: one expert per domain (Ray Train)"):
         for domain, trace_file in traces.items():
             started = time.monotonic()
-            result = branch(out / "backbone", {domain: trace_file}, out / "experts",
-                            BranchSettings(epochs=scale.expert_epochs, lr=3e-3, batch_size=8, max_length=512,
-                                           num_workers=2, seed=seed, lr_schedule="cosine", warmup_ratio=0.05))[domain]
+            settings = BranchSettings(epochs=scale.expert_epochs, lr=3e-3, batch_size=8, max_length=512, num_workers=2,
+                                      seed=seed, lr_schedule="cosine", warmup_ratio=0.05, anchor=scale.anchor,
+                                      retain_weight=scale.retain_weight, retain_batch_size=4)
+            result = branch(out / "backbone", {domain: trace_file}, out / "experts", settings,
+                            retain=[path for other, path in traces.items() if other != domain])[domain]
             loss = result.metrics.get("sft_loss")
             term.line(f"      {domain:>8} expert: " + (f"last-epoch loss {loss:.3f}, {time.monotonic() - started:.0f}s"
                                                      if loss is not None else "reused"))

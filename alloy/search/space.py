@@ -362,7 +362,8 @@ class SearchSpace:
 
     def start_points(self) -> list[tuple[str, dict]]:
         """(label, drawn values) of the configured starting points: `parent:LABEL` puts every free
-        weight on that parent (linear when a scope may choose it); `uniform` is the centre of every
+        weight on that parent (a simplex at its vertex, a weight range at 1 clamped into the range, the
+        others at their low end; linear when a scope may choose it); `uniform` is the centre of every
         simplex. Other values take their defaults."""
         points = []
         free = self._free_labels()
@@ -513,7 +514,7 @@ def _start_draw(target: str | None) -> Draw:
         if kind == "weight":
             if target is None:
                 return dim.midpoint()
-            return dim.high if dim.role[1] == target else dim.low
+            return min(max(1.0, dim.low), dim.high) if dim.role[1] == target else dim.low  # the parent: 1
         if kind == "method":
             return "linear" if "linear" in dim.choices and target is not None else dim.midpoint()
         return dim.midpoint()
