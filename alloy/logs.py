@@ -27,6 +27,7 @@ LOG_FILE = "alloy.log"
 
 _terminal: list[tuple[TextIO, TextIO]] = []  # (stdout, stderr) of the quiet blocks we are in, innermost last
 _log: list["_LazyFile"] = []       # their log files
+_muted: list[bool] = []            # inside `lines_to_log_only`: `say` writes to the log file only
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
@@ -45,12 +46,24 @@ def say(*parts: object, end: str = "\n") -> None:
     """Print one of alloy's own progress lines: on the terminal, even inside `quiet_output`, and into
     the log file when there is one."""
     text = " ".join(str(p) for p in parts) + end
-    stream = terminal()
-    stream.write(text)
-    stream.flush()
+    if not (_muted and _log):
+        stream = terminal()
+        stream.write(text)
+        stream.flush()
     if _log:
         _log[-1].write(text)
         _log[-1].flush()
+
+
+@contextlib.contextmanager
+def lines_to_log_only() -> Iterator[None]:
+    """Inside a quiet block, send `say`'s lines to the log file only for the duration (a caller that
+    draws its own progress, as the demo does over a sweep's per-trial lines); outside one, no change."""
+    _muted.append(True)
+    try:
+        yield
+    finally:
+        _muted.pop()
 
 
 def progress_bar(total: int, desc: str, unit: str = "it", disable: bool = False) -> Any:

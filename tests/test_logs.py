@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from alloy.logs import LOG_FILE, quiet_output, say
+from alloy.logs import LOG_FILE, lines_to_log_only, quiet_output, say
 
 
 def test_quiet_output_sends_everything_but_say_to_the_log(tmp_path, capsys):
@@ -27,14 +27,19 @@ def test_quiet_output_sends_everything_but_say_to_the_log(tmp_path, capsys):
         late.addHandler(logging.StreamHandler())                 # made inside: writes to the log
         late.propagate = False
         late.warning("late handler line")
+        with lines_to_log_only():
+            say("trial 3 done")                                  # the log only
         say("stage 2/2")
     terminal = capsys.readouterr()
     assert terminal.out == "stage 1/2\nstage 2/2\n" and terminal.err == ""
     text = log.read_text()
     for line in ("stage 1/2", "library chatter", "progress bar 10%", "DDP warning", "early handler line",
-                 "late handler line", "stage 2/2"):
+                 "late handler line", "trial 3 done", "stage 2/2"):
         assert line in text, line
     assert text.index("stage 1/2") < text.index("library chatter") < text.index("stage 2/2")
+    with lines_to_log_only():
+        say("no quiet block: the terminal")
+    assert capsys.readouterr().out == "no quiet block: the terminal\n"
     early.warning("after the block")                             # handlers point at the terminal again
     late.warning("late, after the block")
     assert capsys.readouterr().err == "after the block\nlate, after the block\n"

@@ -29,7 +29,7 @@ import yaml
 
 from alloy.demo.domains import DOMAIN_TASKS
 from alloy.demo.verdict import DemoVerdict, verdict
-from alloy.logs import LOG_FILE, quiet_output, say, terminal
+from alloy.logs import LOG_FILE, lines_to_log_only, quiet_output, say, terminal
 from alloy.resources import shipped_folder
 
 SPACE = shipped_folder("search_spaces") / "demo.yaml"
@@ -189,7 +189,7 @@ def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = D
             sweep = out / "sweep"
             trials = load_space(space).search.trials
             with stage(term, f"[3/4] sweep: alloy sweep {space} --out {sweep} ({trials} trials, one at a time)"):
-                with sweep_progress(term, sweep, trials):
+                with sweep_progress(term, sweep, trials), lines_to_log_only():  # its trial lines: the log
                     run_sweep(space, sweep, resume=(sweep / "study.db").is_file())
         finally:
             ray.shutdown()
