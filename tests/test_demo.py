@@ -42,6 +42,24 @@ def test_demo_pipeline_small(tmp_path, capfd):
     assert "reused" in capfd.readouterr().out
 
 
+def test_a_demo_folder_made_otherwise_is_refused(tmp_path):
+    import json
+
+    from alloy.demo.pipeline import SETTINGS_FILE, DemoScale, check_folder
+    from alloy.errors import AlloyError
+
+    scale = DemoScale(n_train=24, trials=4, rungs=(2, 4))
+    (tmp_path / "a").mkdir()
+    check_folder(tmp_path / "a", 0, scale)  # a new folder: the settings are recorded
+    assert json.loads((tmp_path / "a" / SETTINGS_FILE).read_text())["n_train"] == 24
+    check_folder(tmp_path / "a", 0, scale)  # the same settings: reused
+    with pytest.raises(AlloyError, match=r"other settings \(seed: 0 -> 1\)"):
+        check_folder(tmp_path / "a", 1, scale)
+    (tmp_path / "old" / "backbone").mkdir(parents=True)  # made before the settings file existed
+    with pytest.raises(AlloyError, match="earlier version of the demo"):
+        check_folder(tmp_path / "old", 0, scale)
+
+
 def test_combined_interval_combines_the_task_intervals():
     row = {"a": 0.5, "a.lo": 0.3, "a.hi": 0.7, "b": 1.0, "b.lo": 1.0, "b.hi": 1.0}
     combined = combined_interval(row, ["a", "b"])

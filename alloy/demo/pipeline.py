@@ -19,9 +19,10 @@ lm-eval) goes to `alloy.log` in that folder (`alloy.logs.quiet_output`; `verbose
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -29,10 +30,13 @@ import yaml
 
 from alloy.demo.domains import DOMAIN_TASKS
 from alloy.demo.verdict import DemoVerdict, verdict
+from alloy.errors import AlloyError
+from alloy.io.atomic import atomic_write_text
 from alloy.logs import LOG_FILE, lines_to_log_only, quiet_output, say, terminal
 from alloy.resources import shipped_folder
 
 SPACE = shipped_folder("search_spaces") / "demo.yaml"
+SETTINGS_FILE = "alloy_demo.json"  # the seed and scale a demo folder was made with
 _BAR = 24
 
 
@@ -77,6 +81,25 @@ def stage(term: Terminal, title: str) -> Iterator[None]:
     started = time.monotonic()
     yield
     term.line(f"      done in {time.monotonic() - started:.0f}s")
+
+
+def check_folder(out: Path, seed: int, scale: DemoScale) -> None:
+    """Refuse a demo folder made with another seed or scale (or by an earlier demo, which wrote no
+    settings file), since its data, backbone and experts would be reused; record them in a new one."""
+    wanted = {"seed": seed, **asdict(scale)}
+    wanted["rungs"] = list(scale.rungs) if scale.rungs is not None else None
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        made = json.loads(path.read_text())
+        changed = [f"{key}: {made.get(key)!r} -> {value!r}" for key, value in wanted.items() if made.get(key) != value]
+        if changed:
+            raise AlloyError(f"demo folder {out} was made with other settings ({'; '.join(changed)}); delete it, or "
+                             f"pass --out DIR for a new one")
+    elif any((out / name).exists() for name in ("data", "backbone", "experts", "sweep")):
+        raise AlloyError(f"demo folder {out} was made by an earlier version of the demo (it has no {SETTINGS_FILE}); "
+                         f"delete it, or pass --out DIR for a new one")
+    else:
+        atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True))
 
 
 def prepare_models(out: Path, term: Terminal, seed: int = 0, scale: DemoScale = DemoScale()) -> Path:
@@ -179,6 +202,7 @@ def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = D
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_folder(out, seed, scale)
     started = time.monotonic()
     with quiet_output(out / LOG_FILE, verbose):
         term = Terminal()
