@@ -5,9 +5,9 @@
    small share of each domain's training problems;
 2. branch: one expert per domain with Ray Train (cosine learning-rate schedule), kept mergeable by
    the anchor to the backbone and the retain term on the other domains' traces;
-3. sweep: AoE / TIES / task-arithmetic / linear merges of the experts (`search_spaces/demo.yaml`), each
-   child built in memory and scored by lm-eval on the three tasks, one trial at a time so that a seed
-   gives the same results;
+3. sweep: task-arithmetic / TIES merges of the experts, one coefficient each
+   (`search_spaces/demo.yaml`), each child built in memory and scored by lm-eval on the three tasks,
+   one trial at a time so that a seed gives the same results;
 4. the leaderboard, the HTML report, and the verdict: whether the best merge beats every expert on
    the combined score beyond the 95% intervals (`alloy.demo.verdict`), then the `alloy export` command
    that writes the winner.
