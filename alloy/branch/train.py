@@ -220,8 +220,12 @@ def plan_branch(backbone: str | Path, data: Mapping[str, str | Path], out: str |
         trace_file = Path(trace_file)
         expert_dir = out / domain
         examples = encoded[trace_file]
-        retain_files = [Path(f) for f in retain] if retain else [Path(f) for d, f in data.items() if d != domain]
-        retain_files = retain_files if settings.retain_weight else []
+        if not settings.retain_weight:
+            retain_files = []
+        elif retain:
+            retain_files = [Path(f) for f in retain]
+        else:  # each domain retains the others
+            retain_files = [Path(f) for d, f in data.items() if d != domain]
         if settings.retain_weight and not retain_files:
             raise AlloyError(f"--retain-weight: domain {domain!r} has no traces to retain; pass --retain FILE, or "
                              f"more than one --data domain (each retains the others)")

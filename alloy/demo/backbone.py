@@ -1,11 +1,13 @@
-"""The demo's backbone: a tiny MoE of a real architecture, pre-trained on the benchmarks' formats.
+"""The demo's backbone: a tiny MoE of a real architecture, pre-trained on the benchmarks' formats and
+a sample of each domain.
 
 A byte-level BPE tokenizer (with alloy's chat template, one token per digit) is trained on the text of
 every trace the demo has, a tiny `qwen3_moe` or `deepseek_v3` model is made with its vocabulary, and a
 plain torch loop trains it on the traces it is given (loss on every token of the chat-formatted trace,
 AdamW with a linear warm-up and a cosine decay). The demo gives it format traces
-(`alloy.demo.domains.format_traces`), so the backbone knows the chat and answer formats but none of
-the domains before it is branched. The result is an ordinary HF
+(`alloy.demo.domains.format_traces`) and the first `DemoScale.n_backbone_domain` training traces of
+each domain, so the backbone knows the chat and answer formats and a little of each domain before it
+is branched. The result is an ordinary HF
 folder with config, safetensors and tokenizer, written under a temporary name and renamed; when the
 folder already exists it is reused as is.
 """

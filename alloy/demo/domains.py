@@ -24,9 +24,10 @@ learn the format they are scored in. The domains are sized for a tiny model on t
   training problem has. Every program is run on its tests in a subprocess (the generator's own code,
   so no sandbox) and compared as the evaluator compares, before it is used.
 
-`format_traces` gives the backbone's pre-training data: the same three formats over content that
-teaches none of the domains (copy a number into the box, find the option that is a given word, echo a
-line), so the backbone knows the formats and the experts learn the domains.
+`format_traces` gives the format part of the backbone's pre-training data: the same three formats
+over content that teaches none of the domains (copy a number into the box, find the option that is a
+given word, echo a line). The demo adds a sample of each domain's training traces
+(`alloy.demo.pipeline.DemoScale.n_backbone_domain`), and the experts learn the rest of their domain.
 
 `split_domain` makes a domain's evaluation and training problems, deterministic given the seed and
 disjoint (`overlap` says what the two sets share; `write_domain_data` refuses to write a split that
