@@ -657,6 +657,70 @@ def test_methods_on_cuda_match_the_cpu():
                            sparsify.magnitude_outliers(x, density, 0.05))
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtypes and shapes, NaN at the same entries (of any sign and payload), and the same bits
+    elsewhere (signed zeros included)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        nan = a.isnan()
+        return torch.equal(nan, b.isnan()) and torch.equal(a[~nan].view(ints), b[~nan].view(ints))
+    return torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(dtype, monkeypatch):
+    """The CPU kernels (order statistics, rank masks, masked products, sign consensus) give the same
+    bits as the torch ops that other devices run, on tie-heavy inputs with NaN and Inf entries, split
+    into several spans that runs of equal keys cross."""
+    from alloy.merge.methods import cpu_kernels, select, sparsify
+    from alloy.merge.methods.task_arithmetic import sign_consensus
+
+    def results() -> list[torch.Tensor]:
+        out = []
+        for n in SIZES:
+            x = tie_heavy(n, dtype, seed=n)
+            x[1::101], x[2::103], x[4::107] = float("nan"), float("inf"), float("-inf")
+            for density in (0.001, 0.3, 0.5, 0.9):
+                out.append(sparsify.magnitude(x, density, rescale=False))
+                out.append(sparsify.magnitude_outliers(x, density, 0.05, rescale=False))
+            values = select.value_keys(x)
+            ranks = sorted({0, n // 3, n // 2, n - 1})
+            out.append(torch.tensor([[s.key, s.below, s.equal] for s in select.order_statistics(values, ranks)]))
+            out.append(select.rank_range_mask(values, n // 5, n - n // 4))
+            out.append(select.top_k_mask(values, n // 3))
+            weighted = [x * 0.3, x.flip(0) * -0.7, torch.roll(x, 5) * 0.5]
+            for models in (1, 2, 3):
+                for normalize in (True, False):
+                    out.append(sign_consensus(weighted[:models], [0.3, -0.7, 0.5][:models], normalize))
+        return out
+
+    monkeypatch.setattr(cpu_kernels, "MIN_SPAN", 997)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(cpu_kernels.spans(SIZES[-1])) == 3
+        compiled = results()
+        monkeypatch.setattr(cpu_kernels, "runs_on_cpu_kernels", lambda *tensors: False)
+        reference = results()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(compiled) == len(reference)
+    for i, (a, b) in enumerate(zip(compiled, reference)):
+        assert same_bits(a, b), i
+    assert max(stop - start for start, stop in cpu_kernels.spans(3 * cpu_kernels.MAX_SPAN + 5)) <= cpu_kernels.MAX_SPAN
+
+
+def test_the_compiled_kernels_leave_llvmlite_readable_by_vllms_module_scan():
+    """vLLM's CPU engine start reads vars() of every module object; llvmlite's handle must give a dict."""
+    from llvmlite.binding import ffi
+
+    import alloy.merge.methods.cpu_kernels  # noqa: F401
+
+    assert vars(ffi.lib).get("kernel") is None
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_sign_consensus_equals_the_former_one_signed_zeros_included(dtype):
     from alloy.merge.methods.task_arithmetic import sign_consensus

@@ -10,6 +10,10 @@ Equal magnitudes are ordered by their flat index, as a stable sort orders them: 
 a run of equal magnitudes, the ones of lower index come first (lowest ranks ascending; kept first by
 `top_k_mask`, as a stable descending sort).
 
+On contiguous CPU tensors the histograms, the search for the j-th equal key and the masks run as compiled
+kernels (cpu_kernels.py), one pass each over the keys split across torch's threads; elsewhere (CUDA)
+as torch ops. Both give the same statistics and masks.
+
 `row_order` gives the full ascending order of every row (DELLA ranks each entry in its row): on the CPU
 each key is packed with its column into one int64 and the packed values, which are all distinct, are
 sorted by numpy's vectorized sort; their low bits are then the order a stable sort gives.
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from alloy.merge.methods import cpu_kernels
 
 KEY_DTYPES = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
               torch.float64: torch.int64}
@@ -64,6 +70,44 @@ def order_statistics(keys: torch.Tensor, ranks: Sequence[int]) -> list[OrderStat
     one pass over `keys`; each rank then resolves its remaining digits among the keys of its bucket only.
     """
     flat = keys.reshape(-1)
+    if cpu_kernels.runs_on_cpu_kernels(flat):
+        return _cpu_order_statistics(cpu_kernels.flat_numpy(flat), ranks)
+    return _torch_order_statistics(flat, ranks)
+
+
+def _cpu_order_statistics(keys: np.ndarray, ranks: Sequence[int]) -> list[OrderStatistic]:
+    """`order_statistics` by the compiled histograms: one pass over all keys per digit and rank."""
+    top_shift = keys.itemsize * 8 - DIGIT_BITS
+    offset = 1 << (DIGIT_BITS - 1)
+    counts = cpu_kernels.histogram(cpu_kernels.top_digit_counts, keys, top_shift, offset).cumsum()
+    found = []
+    for rank in ranks:
+        bucket, below = _np_bucket(counts, rank)
+        prefix, equal, shift = (bucket - offset) << top_shift, _np_count(counts, bucket), top_shift
+        rank -= below
+        while shift > 0:
+            shift -= DIGIT_BITS
+            high_shift = shift + DIGIT_BITS
+            digits = cpu_kernels.histogram(cpu_kernels.digit_counts, keys, high_shift, prefix >> high_shift,
+                                           shift).cumsum()
+            digit, before = _np_bucket(digits, rank)
+            prefix |= digit << shift
+            below, rank, equal = below + before, rank - before, _np_count(digits, digit)
+        found.append(OrderStatistic(prefix, below, equal))
+    return found
+
+
+def _np_bucket(cumulative: np.ndarray, rank: int) -> tuple[int, int]:
+    bucket = int(np.searchsorted(cumulative, rank, side="right"))
+    return bucket, int(cumulative[bucket - 1]) if bucket > 0 else 0
+
+
+def _np_count(cumulative: np.ndarray, bucket: int) -> int:
+    return int(cumulative[bucket]) - (int(cumulative[bucket - 1]) if bucket > 0 else 0)
+
+
+def _torch_order_statistics(flat: torch.Tensor, ranks: Sequence[int]) -> list[OrderStatistic]:
+    """`order_statistics` of a flat tensor by torch ops (`bincount` histograms), on any device."""
     shift = flat.element_size() * 8 - DIGIT_BITS
     offset = 1 << (DIGIT_BITS - 1)
     top = (flat >> shift) + offset if shift > 0 else flat.to(torch.int32) + offset
@@ -118,6 +162,12 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     stats = order_statistics(flat, wanted)
     low = stats[0] if start > 0 else None
     high = stats[-1] if stop < n else None
+    if cpu_kernels.runs_on_cpu_kernels(flat):
+        # the keys equal to `low` count from rank `start` on, those equal to `high` up to rank `stop`
+        numpy_keys = cpu_kernels.flat_numpy(flat)
+        low_bound = (low.key, _cpu_position(numpy_keys, low, start - low.below), n) if low else None
+        high_bound = (high.key, 0, _cpu_position(numpy_keys, high, stop - high.below)) if high else None
+        return torch.from_numpy(cpu_kernels.rank_range_mask(numpy_keys, low_bound, high_bound)).view(keys.shape)
     if low is not None and high is not None:
         mask = (flat > low.key) & (flat < high.key) if low.key != high.key else torch.zeros_like(flat, dtype=torch.bool)
     elif low is not None:
@@ -128,6 +178,14 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         _mark_equal(mask, flat, stat.key, max(start, stat.below) - stat.below,
                     min(stop, stat.below + stat.equal) - stat.below, stat.equal)
     return mask.view(keys.shape)
+
+
+def _cpu_position(keys: np.ndarray, stat: OrderStatistic, nth: int) -> int:
+    """The flat index of the nth (0-based) key equal to `stat.key`: 0 for the first, len(keys) past the
+    last."""
+    if nth <= 0:
+        return 0
+    return keys.size if nth >= stat.equal else cpu_kernels.position_of_equal(keys, stat.key, nth)
 
 
 def _mark_equal(mask: torch.Tensor, flat: torch.Tensor, key: int, first: int, last: int, equal: int) -> None:
@@ -167,8 +225,13 @@ def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
         return torch.full(keys.shape, k > 0, dtype=torch.bool, device=keys.device)
     flat = keys.reshape(-1)
     (cut,) = order_statistics(flat, [n - k])
+    kept_equal = cut.below + cut.equal - (n - k)
+    if cpu_kernels.runs_on_cpu_kernels(flat):
+        numpy_keys = cpu_kernels.flat_numpy(flat)
+        bound = (cut.key, 0, _cpu_position(numpy_keys, cut, kept_equal))
+        return torch.from_numpy(cpu_kernels.rank_range_mask(numpy_keys, bound, None)).view(keys.shape)
     mask = flat > cut.key
-    _mark_equal(mask, flat, cut.key, 0, cut.below + cut.equal - (n - k), cut.equal)
+    _mark_equal(mask, flat, cut.key, 0, kept_equal, cut.equal)
     return mask.view(keys.shape)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from alloy.merge.methods import cpu_kernels
 from alloy.merge.methods.select import magnitude_keys, rank_range_mask, row_order, top_k_mask
 
 Pruning = Literal["magnitude", "magnitude_outliers", "random", "della_magprune"]
@@ -23,8 +24,13 @@ RESCALE_EPS = 1e-7
 
 
 def masked(delta: torch.Tensor, kept: torch.Tensor, rescale: bool) -> torch.Tensor:
-    """`delta` where `kept`, zero elsewhere; with `rescale`, times ‖δ‖₁ / ‖kept δ‖₁ (sums in float64)."""
-    out = delta * kept
+    """`delta` where `kept`, zero elsewhere (δ·0, the product with the boolean mask); with `rescale`, times
+    ‖δ‖₁ / ‖kept δ‖₁ (sums in float64)."""
+    if delta.dtype in (torch.float32, torch.float64) and cpu_kernels.runs_on_cpu_kernels(delta, kept):
+        out = torch.from_numpy(cpu_kernels.masked_product(cpu_kernels.flat_numpy(delta),
+                                                          cpu_kernels.flat_numpy(kept))).view(delta.shape)
+    else:
+        out = delta * kept
     if not rescale:
         return out
     before = float(delta.abs().sum(dtype=torch.float64))

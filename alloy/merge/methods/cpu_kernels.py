@@ -1,0 +1,282 @@
+"""Compiled CPU kernels (numba) for the passes that torch's eager CPU ops make slowly: the digit
+histograms and the masks of the radix selections (select.py), and TIES's sign election
+(task_arithmetic.py).
+
+Each kernel works on one span [start, stop) of flat, contiguous numpy views, releases the GIL, and is
+run over a tensor's spans on torch's thread count (`run_spans`). Every kernel makes the same float
+operations, in the same order and precision, as the torch code it stands for, so the results are the
+same bits (signed zeros included; a NaN may come out with another sign). The torch code stays the path
+for other devices and dtypes, and the tests compare the two.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+
+
+
+def _answer_vars_for_llvmlite() -> None:
+    """Let vLLM start CPU engines in a process that has loaded numba.
+
+    vLLM 0.32's CPU platform, while starting an engine, reads `vars()` of every object in every loaded
+    module. llvmlite's library handle (loaded with numba) answers any attribute it lacks, `__dict__`
+    included, with a wrapped C function, and the engine start fails on it. Giving the handle an empty
+    `__dict__` entry in its table of looked-up names makes `vars()` return that instead.
+    """
+    from llvmlite.binding import ffi
+
+    table = getattr(ffi.lib, "_fntab", None)
+    if isinstance(table, dict):
+        table.setdefault("__dict__", {})
+
+
+_answer_vars_for_llvmlite()
+
+DIGITS = 1 << 16
+# Below this many elements a kernel runs on the calling thread only.
+MIN_SPAN = 1 << 17
+
+
+def runs_on_cpu_kernels(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors can go through the kernels here: on the CPU, contiguous, not requiring grad."""
+    return all(t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad for t in tensors)
+
+
+def flat_numpy(t: torch.Tensor) -> np.ndarray:
+    """The 1-D numpy view of a contiguous CPU tensor (no copy)."""
+    return t.reshape(-1).numpy()
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="alloy-kernel")
+
+
+def spans(n: int) -> list[tuple[int, int]]:
+    """[start, stop) spans covering range(n): one per torch thread, of at least MIN_SPAN and at most
+    MAX_SPAN elements."""
+    parts = max(1, min(torch.get_num_threads(), n // MIN_SPAN), -(-n // MAX_SPAN))
+    step = -(-n // parts) if n else 0
+    return [(start, min(n, start + step)) for start in range(0, n, step)] if n else [(0, 0)]
+
+
+def run_spans(kernel: Callable[..., None], n: int, per_span: Callable[[int, int, int], tuple]) -> int:
+    """Call `kernel(*per_span(index, start, stop))` for each span of range(n), in parallel when there
+    are several; return the number of spans."""
+    parts = spans(n)
+    if len(parts) == 1:
+        kernel(*per_span(0, *parts[0]))
+    else:
+        list(_pool(len(parts)).map(lambda item: kernel(*per_span(item[0], *item[1])), enumerate(parts)))
+    return len(parts)
+
+
+# Each kernel indexes slices from 0, so that the compiler knows no index is negative and vectorizes.
+
+# The histograms count into LANES interleaved int32 tables (a span has at most MAX_SPAN keys, so a
+# table cannot overflow): runs of equal keys, common in task vectors of bf16 checkpoints, would
+# otherwise make every increment wait for the one before. Keys outside the bucket being resolved
+# count in a spare last bin, so the loops have no branch.
+LANES = 4
+MAX_SPAN = 1 << 32
+
+
+@numba.njit(nogil=True, cache=True)
+def _add_lanes(tables, counts):
+    for digit in range(counts.size):
+        total = np.int64(0)
+        for lane in range(tables.shape[0]):
+            total += tables[lane, digit]
+        counts[digit] += total
+
+
+@numba.njit(nogil=True, cache=True)
+def top_digit_counts(keys, start, stop, shift, offset, counts):
+    """counts[(key >> shift) + offset] += 1 for each key of the span."""
+    span = keys[start:stop]
+    tables = np.zeros((LANES, counts.size), dtype=np.int32)
+    whole = span.size // LANES * LANES
+    for j in range(0, whole, LANES):
+        for lane in range(LANES):
+            tables[lane, (np.int64(span[j + lane]) >> shift) + offset] += 1
+    for j in range(whole, span.size):
+        tables[0, (np.int64(span[j]) >> shift) + offset] += 1
+    _add_lanes(tables, counts)
+
+
+@numba.njit(nogil=True, cache=True)
+def digit_counts(keys, start, stop, high_shift, high, shift, counts):
+    """counts[16-bit digit at `shift`] += 1 for each key of the span whose bits from `high_shift` up
+    equal `high`."""
+    span = keys[start:stop]
+    spare = counts.size
+    tables = np.zeros((LANES, spare + 1), dtype=np.int32)
+    whole = span.size // LANES * LANES
+    for j in range(0, whole, LANES):
+        for lane in range(LANES):
+            key = np.int64(span[j + lane])
+            tables[lane, ((key >> shift) & 0xFFFF) if (key >> high_shift) == high else spare] += 1
+    for j in range(whole, span.size):
+        key = np.int64(span[j])
+        tables[0, ((key >> shift) & 0xFFFF) if (key >> high_shift) == high else spare] += 1
+    _add_lanes(tables[:, :spare], counts)
+
+
+@numba.njit(nogil=True, cache=True)
+def count_equal(keys, start, stop, key, out, index):
+    """out[index] = how many keys of the span equal `key`."""
+    span = keys[start:stop]
+    found = 0
+    for j in range(span.size):
+        found += span[j] == key
+    out[index] = found
+
+
+# Keys per block when looking for the nth equal key: blocks are counted branch-free, and only the
+# block that holds it is scanned.
+SCAN_BLOCK = 4096
+
+
+@numba.njit(nogil=True, cache=True)
+def nth_equal(keys, start, stop, key, nth):
+    """The index of the nth (0-based) key of the span equal to `key`, or `stop` when there are fewer."""
+    for block in range(start, stop, SCAN_BLOCK):
+        span = keys[block:min(stop, block + SCAN_BLOCK)]
+        found = 0
+        for j in range(span.size):
+            found += span[j] == key
+        if nth < found:
+            for j in range(span.size):
+                if span[j] == key:
+                    if nth == 0:
+                        return block + j
+                    nth -= 1
+        nth -= found
+    return stop
+
+
+@numba.njit(nogil=True, cache=True)
+def mask_product(values, mask, zero, one, start, stop, out):
+    """out = values · mask (1 or 0) over the span: the value where the mask holds, else the value times
+    zero (a signed zero, or NaN for an infinity), as torch's product with a boolean mask."""
+    span, kept, result = values[start:stop], mask[start:stop], out[start:stop]
+    for j in range(span.size):
+        result[j] = span[j] * (one if kept[j] else zero)
+
+
+@numba.njit(nogil=True, cache=True)
+def _mask_piece(keys, out, low, low_equal, high, high_equal):
+    for j in range(keys.size):
+        key = keys[j]
+        out[j] = ((key > low) | (low_equal & (key == low))) & ((key < high) | (high_equal & (key == high)))
+
+
+@numba.njit(nogil=True, cache=True)
+def rank_mask(keys, start, stop, low, low_from, low_to, high, high_from, high_to, out):
+    """out[j] for the span: the key is above `low` (or equal to it at an index in [low_from, low_to))
+    and below `high` (or equal to it at an index in [high_from, high_to)). The span is cut at those
+    indices, so that each piece is one branch-free loop."""
+    cuts = sorted({start, stop, min(max(low_from, start), stop), min(max(low_to, start), stop),
+                   min(max(high_from, start), stop), min(max(high_to, start), stop)})
+    for i in range(len(cuts) - 1):
+        a, b = cuts[i], cuts[i + 1]
+        _mask_piece(keys[a:b], out[a:b], low, low_from <= a and a < low_to, high, high_from <= a and a < high_to)
+
+
+# Entries per block of `sign_consensus_span`: its running sums stay in L1 cache.
+CONSENSUS_BLOCK = 512
+
+
+@numba.njit(nogil=True, cache=True)
+def sign_consensus_span(weighted, weights, zero, one, normalize, start, stop, out):
+    """TIES's sign election and agreeing sum over the span, as `task_arithmetic.sign_consensus` computes
+    it with torch: the elected sign of Σ_i δ_i (−1 for a negative or NaN sum), the agreement a_i =
+    [δ_i·sign > 0] as 1 or 0, Σ_i a_i·δ_i from +0, and with `normalize` its division by Σ_i a_i·w_i
+    (1 where that is 0). Arithmetic in the arrays' dtype (`weights`, `zero` and `one` have it too);
+    a block at a time, model by model, in the same order as torch's passes."""
+    sign = np.empty(CONSENSUS_BLOCK, dtype=out.dtype)
+    divisor = np.empty(CONSENSUS_BLOCK, dtype=out.dtype)
+    for block in range(start, stop, CONSENSUS_BLOCK):
+        size = min(CONSENSUS_BLOCK, stop - block)
+        mixed = out[block:block + size]
+        first = weighted[0][block:block + size]
+        for j in range(size):
+            sign[j] = first[j]
+        for i in range(1, len(weighted)):
+            delta = weighted[i][block:block + size]
+            for j in range(size):
+                sign[j] = sign[j] + delta[j]
+        for j in range(size):
+            sign[j] = one if sign[j] >= zero else -one
+            mixed[j] = first[j] * (one if first[j] * sign[j] > zero else zero) + zero
+            divisor[j] = zero + weights[0] * (one if first[j] * sign[j] > zero else zero)
+        for i in range(1, len(weighted)):
+            delta = weighted[i][block:block + size]
+            weight = weights[i]
+            for j in range(size):
+                agree = one if delta[j] * sign[j] > zero else zero
+                mixed[j] = mixed[j] + delta[j] * agree
+                divisor[j] = divisor[j] + weight * agree
+        if normalize:
+            for j in range(size):
+                mixed[j] = mixed[j] / (one if divisor[j] == zero else divisor[j])
+
+
+def histogram(kernel: Callable[..., None], keys: np.ndarray, *args) -> np.ndarray:
+    """The 2¹⁶-bin counts of `kernel` (`top_digit_counts` or `digit_counts`) over `keys`, one row per
+    span, summed."""
+    rows = np.zeros((len(spans(keys.size)), DIGITS), dtype=np.int64)
+    run_spans(kernel, keys.size, lambda i, start, stop: (keys, start, stop, *args, rows[i]))
+    return rows.sum(axis=0)
+
+
+def position_of_equal(keys: np.ndarray, key: int, nth: int) -> int:
+    """The flat index of the nth (0-based) entry of `keys` equal to `key` (len(keys) when there are
+    fewer): the equal ones are counted span by span, and the one span that holds the nth is scanned."""
+    parts = spans(keys.size)
+    found = np.zeros(len(parts), dtype=np.int64)
+    run_spans(count_equal, keys.size, lambda i, start, stop: (keys, start, stop, key, found, i))
+    before = 0
+    for (start, stop), count in zip(parts, found.tolist()):
+        if nth < before + count:
+            return nth_equal(keys, start, stop, key, nth - before)
+        before += count
+    return keys.size
+
+
+def rank_range_mask(keys: np.ndarray, low: tuple[int, int, int] | None,
+                    high: tuple[int, int, int] | None) -> np.ndarray:
+    """Boolean mask of the keys above `low` and below `high`, each a bound (key, from, to) whose equal
+    keys count only at flat indices in [from, to); None for no bound (the dtype's extreme key, whose
+    equal keys all count)."""
+    out = np.empty(keys.size, dtype=np.bool_)
+    limits = np.iinfo(keys.dtype)
+    key = keys.dtype.type
+    lo_key, lo_from, lo_to = low or (limits.min, 0, keys.size)
+    hi_key, hi_from, hi_to = high or (limits.max, 0, keys.size)
+    lo, hi = (key(lo_key), lo_from, lo_to), (key(hi_key), hi_from, hi_to)
+    run_spans(rank_mask, keys.size, lambda i, start, stop: (keys, start, stop, *lo, *hi, out))
+    return out
+
+
+def masked_product(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`mask_product` over whole flat arrays (values float32 or float64, mask boolean)."""
+    out = np.empty_like(values)
+    dtype = values.dtype.type
+    run_spans(mask_product, values.size, lambda i, start, stop: (values, mask, dtype(0), dtype(1), start, stop, out))
+    return out
+
+
+def sign_consensus(weighted: Sequence[np.ndarray], weights: Sequence[float], normalize: bool) -> np.ndarray:
+    """`sign_consensus_span` over whole flat arrays of one dtype (float32 or float64)."""
+    out = np.empty_like(weighted[0])
+    dtype = weighted[0].dtype.type
+    arrays, scale = tuple(weighted), np.asarray(weights, dtype=dtype)
+    run_spans(sign_consensus_span, out.size,
+              lambda i, start, stop: (arrays, scale, dtype(0), dtype(1), normalize, start, stop, out))
+    return out
