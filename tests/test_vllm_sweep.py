@@ -72,6 +72,11 @@ def test_vllm_backend_errors_come_before_any_parent_is_loaded(tmp_path, tiny_tok
     started = []
     monkeypatch.setattr("alloy.workers.store.start_stores", lambda *a, **k: started.append(a))
 
+    def no_pool(*args, **kwargs):  # no Ray session: ray.get_actor would start a local Ray and leave it running
+        raise ValueError("no such actor")
+
+    monkeypatch.setattr(pool.ray, "get_actor", no_pool)
+
     def settings(**search):
         doc = tiny_space(parents, shared_data)
         doc["search"].update(search)
