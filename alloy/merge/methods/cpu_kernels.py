@@ -1,6 +1,6 @@
 """Compiled CPU kernels (numba) for the passes that torch's eager CPU ops make slowly: the digit
-histograms and the masks of the radix selections (select.py), and TIES's sign election
-(task_arithmetic.py).
+histograms, the search for the j-th equal key and the masks of the radix selections (select.py), the
+product of a task vector with its mask (sparsify.py), and TIES's sign election (task_arithmetic.py).
 
 Each kernel works on one span [start, stop) of flat, contiguous numpy views, releases the GIL, and is
 run over a tensor's spans on torch's thread count (`run_spans`). Every kernel makes the same float
@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import torch
-
 
 
 def _answer_vars_for_llvmlite() -> None:
@@ -40,6 +39,8 @@ _answer_vars_for_llvmlite()
 DIGITS = 1 << 16
 # Below this many elements a kernel runs on the calling thread only.
 MIN_SPAN = 1 << 17
+# The most elements of one span (so that the histograms' int32 tables cannot overflow).
+MAX_SPAN = 1 << 32
 
 
 def runs_on_cpu_kernels(*tensors: torch.Tensor) -> bool:
@@ -78,12 +79,10 @@ def run_spans(kernel: Callable[..., None], n: int, per_span: Callable[[int, int,
 
 # Each kernel indexes slices from 0, so that the compiler knows no index is negative and vectorizes.
 
-# The histograms count into LANES interleaved int32 tables (a span has at most MAX_SPAN keys, so a
-# table cannot overflow): runs of equal keys, common in task vectors of bf16 checkpoints, would
-# otherwise make every increment wait for the one before. Keys outside the bucket being resolved
-# count in a spare last bin, so the loops have no branch.
+# The histograms count into LANES interleaved int32 tables: runs of equal keys, common in task
+# vectors of bf16 checkpoints, would otherwise make every increment wait for the one before. Keys
+# outside the bucket being resolved count in a spare last bin, so the loops have no branch.
 LANES = 4
-MAX_SPAN = 1 << 32
 
 
 @numba.njit(nogil=True, cache=True)
@@ -213,8 +212,9 @@ def sign_consensus_span(weighted, weights, zero, one, normalize, start, stop, ou
                 sign[j] = sign[j] + delta[j]
         for j in range(size):
             sign[j] = one if sign[j] >= zero else -one
-            mixed[j] = first[j] * (one if first[j] * sign[j] > zero else zero) + zero
-            divisor[j] = zero + weights[0] * (one if first[j] * sign[j] > zero else zero)
+            agree = one if first[j] * sign[j] > zero else zero
+            mixed[j] = first[j] * agree + zero
+            divisor[j] = zero + weights[0] * agree
         for i in range(1, len(weighted)):
             delta = weighted[i][block:block + size]
             weight = weights[i]
