@@ -696,13 +696,14 @@ def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(
                     out.append(sign_consensus(weighted[:models], [0.3, -0.7, 0.5][:models], normalize))
         return out
 
+    monkeypatch.setattr(select, "MIN_KERNEL_ENTRIES", 1)
     monkeypatch.setattr(cpu_kernels, "MIN_SPAN", 997)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         assert len(cpu_kernels.spans(SIZES[-1])) == 3
         compiled = results()
-        monkeypatch.setattr(cpu_kernels, "runs_on_cpu_kernels", lambda *tensors: False)
+        monkeypatch.setattr(select, "uses_cpu_kernels", lambda *tensors: False)
         reference = results()
     finally:
         torch.set_num_threads(threads)

@@ -6,7 +6,8 @@ Each kernel works on one span [start, stop) of flat, contiguous numpy views, rel
 run over a tensor's spans on torch's thread count (`run_spans`). Every kernel makes the same float
 operations, in the same order and precision, as the torch code it stands for, so the results are the
 same bits (signed zeros included; a NaN may come out with another sign). The torch code stays the path
-for other devices and dtypes, and the tests compare the two.
+for other devices, dtypes and small tensors (`select.uses_cpu_kernels` decides), and the tests
+compare the two.
 """
 from __future__ import annotations
 
@@ -41,11 +42,6 @@ DIGITS = 1 << 16
 MIN_SPAN = 1 << 17
 # The most elements of one span (so that the histograms' int32 tables cannot overflow).
 MAX_SPAN = 1 << 32
-
-
-def runs_on_cpu_kernels(*tensors: torch.Tensor) -> bool:
-    """Whether these tensors can go through the kernels here: on the CPU, contiguous, not requiring grad."""
-    return all(t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad for t in tensors)
 
 
 def flat_numpy(t: torch.Tensor) -> np.ndarray:
