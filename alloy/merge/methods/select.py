@@ -103,28 +103,19 @@ def _cpu_order_statistics(keys: np.ndarray, ranks: Sequence[int]) -> list[OrderS
     counts = cpu_kernels.histogram(cpu_kernels.top_digit_counts, keys, top_shift, offset).cumsum()
     found = []
     for rank in ranks:
-        bucket, below = _np_bucket(counts, rank)
-        prefix, equal, shift = (bucket - offset) << top_shift, _np_count(counts, bucket), top_shift
+        bucket, below = _bucket(counts, rank)
+        prefix, equal, shift = (bucket - offset) << top_shift, _count(counts, bucket), top_shift
         rank -= below
         while shift > 0:
             shift -= DIGIT_BITS
             high_shift = shift + DIGIT_BITS
             digits = cpu_kernels.histogram(cpu_kernels.digit_counts, keys, high_shift, prefix >> high_shift,
                                            shift).cumsum()
-            digit, before = _np_bucket(digits, rank)
+            digit, before = _bucket(digits, rank)
             prefix |= digit << shift
-            below, rank, equal = below + before, rank - before, _np_count(digits, digit)
+            below, rank, equal = below + before, rank - before, _count(digits, digit)
         found.append(OrderStatistic(prefix, below, equal))
     return found
-
-
-def _np_bucket(cumulative: np.ndarray, rank: int) -> tuple[int, int]:
-    bucket = int(np.searchsorted(cumulative, rank, side="right"))
-    return bucket, int(cumulative[bucket - 1]) if bucket > 0 else 0
-
-
-def _np_count(cumulative: np.ndarray, bucket: int) -> int:
-    return int(cumulative[bucket]) - (int(cumulative[bucket - 1]) if bucket > 0 else 0)
 
 
 def _torch_order_statistics(flat: torch.Tensor, ranks: Sequence[int]) -> list[OrderStatistic]:
@@ -132,7 +123,7 @@ def _torch_order_statistics(flat: torch.Tensor, ranks: Sequence[int]) -> list[Or
     shift = flat.element_size() * 8 - DIGIT_BITS
     offset = 1 << (DIGIT_BITS - 1)
     top = (flat >> shift) + offset if shift > 0 else flat.to(torch.int32) + offset
-    counts = torch.bincount(top, minlength=1 << DIGIT_BITS).cumsum_(0)
+    counts = _cumulative(torch.bincount(top, minlength=1 << DIGIT_BITS))
     found = []
     for rank in ranks:
         bucket, below = _bucket(counts, rank)
@@ -144,21 +135,26 @@ def _torch_order_statistics(flat: torch.Tensor, ranks: Sequence[int]) -> list[Or
     return found
 
 
-def _bucket(cumulative: torch.Tensor, rank: int) -> tuple[int, int]:
+def _bucket(cumulative: np.ndarray, rank: int) -> tuple[int, int]:
     """The first bucket whose cumulative count exceeds `rank`, and the count of the buckets before it."""
-    bucket = int(torch.searchsorted(cumulative, torch.tensor([rank], device=cumulative.device), right=True))
+    bucket = int(np.searchsorted(cumulative, rank, side="right"))
     return bucket, int(cumulative[bucket - 1]) if bucket > 0 else 0
 
 
-def _count(cumulative: torch.Tensor, bucket: int) -> int:
+def _count(cumulative: np.ndarray, bucket: int) -> int:
     return int(cumulative[bucket]) - (int(cumulative[bucket - 1]) if bucket > 0 else 0)
+
+
+def _cumulative(counts: torch.Tensor) -> np.ndarray:
+    """Running totals of a torch histogram, as a numpy array on the CPU (for `_bucket` and `_count`)."""
+    return counts.cumsum(0).cpu().numpy()
 
 
 def _resolve(candidates: torch.Tensor, rank: int, prefix: int, below: int, shift: int) -> OrderStatistic:
     """Resolve the digits at `shift` and below among the `candidates` that share the higher digits."""
     while True:
         digits = (candidates >> shift) & DIGIT_MASK if shift > 0 else candidates & DIGIT_MASK
-        counts = torch.bincount(digits, minlength=1 << DIGIT_BITS).cumsum_(0)
+        counts = _cumulative(torch.bincount(digits, minlength=1 << DIGIT_BITS))
         digit, before = _bucket(counts, rank)
         prefix |= digit << shift
         below += before
@@ -232,7 +228,7 @@ TIE_BLOCK = 1 << 12
 def _position_of(same: torch.Tensor, j: int) -> int:
     """The flat index of the j-th (0-based) true entry of the boolean vector `same`."""
     whole = same.numel() // TIE_BLOCK * TIE_BLOCK
-    per_block = same[:whole].view(-1, TIE_BLOCK).sum(dim=1, dtype=torch.int32).cumsum_(0)
+    per_block = _cumulative(same[:whole].view(-1, TIE_BLOCK).sum(dim=1, dtype=torch.int64))
     block, before = _bucket(per_block, j) if whole else (0, 0)
     start = block * TIE_BLOCK
     span = same[start:start + TIE_BLOCK] if start < whole else same[whole:]
