@@ -674,7 +674,7 @@ def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(
     """The CPU kernels (order statistics, rank masks, masked products, sign consensus) give the same
     bits as the torch ops that other devices run, on tie-heavy inputs with NaN and Inf entries, split
     into several spans that runs of equal keys cross."""
-    from alloy.merge.methods import cpu_kernels, select, sparsify
+    from alloy.merge.methods import compiled, cpu_kernels, select, sparsify
     from alloy.merge.methods.task_arithmetic import sign_consensus
 
     def results() -> list[torch.Tensor]:
@@ -696,19 +696,19 @@ def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(
                     out.append(sign_consensus(weighted[:models], [0.3, -0.7, 0.5][:models], normalize))
         return out
 
-    monkeypatch.setattr(select, "MIN_KERNEL_ENTRIES", 1)
+    monkeypatch.setattr(compiled, "MIN_KERNEL_ENTRIES", 1)
     monkeypatch.setattr(cpu_kernels, "MIN_SPAN", 997)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         assert len(cpu_kernels.spans(SIZES[-1])) == 3
-        compiled = results()
-        monkeypatch.setattr(select, "uses_cpu_kernels", lambda *tensors: False)
+        with_kernels = results()
+        monkeypatch.setattr(compiled, "uses_cpu_kernels", lambda *tensors: False)
         reference = results()
     finally:
         torch.set_num_threads(threads)
-    assert len(compiled) == len(reference)
-    for i, (a, b) in enumerate(zip(compiled, reference)):
+    assert len(with_kernels) == len(reference)
+    for i, (a, b) in enumerate(zip(with_kernels, reference)):
         assert same_bits(a, b), i
     assert max(stop - start for start, stop in cpu_kernels.spans(3 * cpu_kernels.MAX_SPAN + 5)) <= cpu_kernels.MAX_SPAN
 

@@ -6,7 +6,7 @@ Each kernel works on one span [start, stop) of flat, contiguous numpy views, rel
 run over a tensor's spans on torch's thread count (`run_spans`). Every kernel makes the same float
 operations, in the same order and precision, as the torch code it stands for, so the results are the
 same bits (signed zeros included; a NaN may come out with another sign). The torch code stays the path
-for other devices, dtypes and small tensors (`select.uses_cpu_kernels` decides), and the tests
+for other devices, dtypes and small tensors (`compiled.uses_cpu_kernels` decides), and the tests
 compare the two.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ Equal magnitudes are ordered by their flat index, as a stable sort orders them: 
 a run of equal magnitudes, the ones of lower index come first (lowest ranks ascending; kept first by
 `top_k_mask`, as a stable descending sort).
 
-On contiguous CPU tensors of at least MIN_KERNEL_ENTRIES entries the histograms, the search for the
+On the contiguous CPU tensors that `compiled.uses_cpu_kernels` takes the histograms, the search for the
 j-th equal key and the masks run as compiled kernels (cpu_kernels.py, imported on first use), one pass
 each over the keys split across torch's threads; elsewhere (CUDA, small tensors) as torch ops. Both
 give the same statistics and masks.
@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from types import ModuleType
-
 import numpy as np
 import torch
+
+from alloy.merge.methods import compiled
 
 KEY_DTYPES = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
               torch.float64: torch.int64}
@@ -54,25 +54,6 @@ def key_value(key: int, dtype: torch.dtype) -> float:
     return float(torch.tensor([bits], dtype=int_dtype).view(dtype))
 
 
-# Tensors below this many entries stay on torch's ops: as fast at that size, and a process that merges
-# only such tensors (tiny models) never loads numba and its compiled kernels.
-MIN_KERNEL_ENTRIES = 1 << 17
-
-
-def uses_cpu_kernels(*tensors: torch.Tensor) -> bool:
-    """Whether these tensors go through the compiled CPU kernels: on the CPU, contiguous, not requiring
-    grad, and of at least MIN_KERNEL_ENTRIES entries."""
-    return tensors[0].numel() >= MIN_KERNEL_ENTRIES and all(
-        t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad for t in tensors)
-
-
-def kernels() -> ModuleType:
-    """The compiled CPU kernels (cpu_kernels.py), imported with numba on first use."""
-    from alloy.merge.methods import cpu_kernels
-
-    return cpu_kernels
-
-
 @dataclass(frozen=True)
 class OrderStatistic:
     """The key at one ascending rank, with how many keys are smaller (`below`) and equal (`equal`)."""
@@ -90,14 +71,14 @@ def order_statistics(keys: torch.Tensor, ranks: Sequence[int]) -> list[OrderStat
     one pass over `keys`; each rank then resolves its remaining digits among the keys of its bucket only.
     """
     flat = keys.reshape(-1)
-    if uses_cpu_kernels(flat):
-        return _cpu_order_statistics(kernels().flat_numpy(flat), ranks)
+    if compiled.uses_cpu_kernels(flat):
+        return _cpu_order_statistics(compiled.kernels().flat_numpy(flat), ranks)
     return _torch_order_statistics(flat, ranks)
 
 
 def _cpu_order_statistics(keys: np.ndarray, ranks: Sequence[int]) -> list[OrderStatistic]:
     """`order_statistics` by the compiled histograms: one pass over all keys per digit and rank."""
-    cpu_kernels = kernels()
+    cpu_kernels = compiled.kernels()
     top_shift = keys.itemsize * 8 - DIGIT_BITS
     offset = 1 << (DIGIT_BITS - 1)
     counts = cpu_kernels.histogram(cpu_kernels.top_digit_counts, keys, top_shift, offset).cumsum()
@@ -179,9 +160,9 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     stats = order_statistics(flat, wanted)
     low = stats[0] if start > 0 else None
     high = stats[-1] if stop < n else None
-    if uses_cpu_kernels(flat):
+    if compiled.uses_cpu_kernels(flat):
         # the keys equal to `low` count from rank `start` on, those equal to `high` up to rank `stop`
-        cpu_kernels = kernels()
+        cpu_kernels = compiled.kernels()
         numpy_keys = cpu_kernels.flat_numpy(flat)
         low_bound = (low.key, _cpu_position(numpy_keys, low, start - low.below), n) if low else None
         high_bound = (high.key, 0, _cpu_position(numpy_keys, high, stop - high.below)) if high else None
@@ -203,7 +184,7 @@ def _cpu_position(keys: np.ndarray, stat: OrderStatistic, nth: int) -> int:
     last."""
     if nth <= 0:
         return 0
-    return keys.size if nth >= stat.equal else kernels().position_of_equal(keys, stat.key, nth)
+    return keys.size if nth >= stat.equal else compiled.kernels().position_of_equal(keys, stat.key, nth)
 
 
 def _mark_equal(mask: torch.Tensor, flat: torch.Tensor, key: int, first: int, last: int, equal: int) -> None:
@@ -244,8 +225,8 @@ def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
     flat = keys.reshape(-1)
     (cut,) = order_statistics(flat, [n - k])
     kept_equal = cut.below + cut.equal - (n - k)
-    if uses_cpu_kernels(flat):
-        cpu_kernels = kernels()
+    if compiled.uses_cpu_kernels(flat):
+        cpu_kernels = compiled.kernels()
         numpy_keys = cpu_kernels.flat_numpy(flat)
         bound = (cut.key, 0, _cpu_position(numpy_keys, cut, kept_equal))
         return torch.from_numpy(cpu_kernels.rank_range_mask(numpy_keys, bound, None)).view(keys.shape)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from alloy.merge.methods import select
+from alloy.merge.methods import compiled
 from alloy.merge.methods.select import magnitude_keys, rank_range_mask, row_order, top_k_mask
 
 Pruning = Literal["magnitude", "magnitude_outliers", "random", "della_magprune"]
@@ -26,8 +26,8 @@ RESCALE_EPS = 1e-7
 def masked(delta: torch.Tensor, kept: torch.Tensor, rescale: bool) -> torch.Tensor:
     """`delta` where `kept`, zero elsewhere (δ·0, the product with the boolean mask); with `rescale`, times
     ‖δ‖₁ / ‖kept δ‖₁ (sums in float64)."""
-    if delta.dtype in (torch.float32, torch.float64) and select.uses_cpu_kernels(delta, kept):
-        kernels = select.kernels()
+    if delta.dtype in (torch.float32, torch.float64) and compiled.uses_cpu_kernels(delta, kept):
+        kernels = compiled.kernels()
         out = torch.from_numpy(kernels.masked_product(kernels.flat_numpy(delta),
                                                       kernels.flat_numpy(kept))).view(delta.shape)
     else:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from alloy.errors import AlloyError
-from alloy.merge.methods import select
+from alloy.merge.methods import compiled
 from alloy.merge.methods.common import (
     bool_param,
     define_method,
@@ -33,11 +33,11 @@ def sign_consensus(weighted: list[torch.Tensor], weights: list[float], normalize
     and the agreement masks are kept as floats (1.0 / 0.0), because torch's CPU kernels that mix bool
     masks with floats run several times slower than float ones; the sums run in model order from +0,
     so the result is that of Σ_i [agree_i]·w_i·τ_i entry by entry (a NaN or Inf entry stays non-finite).
-    The inputs are left untouched. Float32 and float64 CPU tensors that `select.uses_cpu_kernels` takes
+    The inputs are left untouched. Float32 and float64 CPU tensors that `compiled.uses_cpu_kernels` takes
     go through one compiled pass (cpu_kernels.py) that makes the same operations entry by entry.
     """
-    if weighted[0].dtype in (torch.float32, torch.float64) and select.uses_cpu_kernels(*weighted):
-        kernels = select.kernels()
+    if weighted[0].dtype in (torch.float32, torch.float64) and compiled.uses_cpu_kernels(*weighted):
+        kernels = compiled.kernels()
         mixed = kernels.sign_consensus([kernels.flat_numpy(t) for t in weighted], weights, normalize)
         return torch.from_numpy(mixed).view(weighted[0].shape)
     elected = torch.add(weighted[0], weighted[1]) if len(weighted) > 1 else weighted[0].clone()
