@@ -713,6 +713,44 @@ def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(
     assert max(stop - start for start, stop in cpu_kernels.spans(3 * cpu_kernels.MAX_SPAN + 5)) <= cpu_kernels.MAX_SPAN
 
 
+def test_the_compiled_weighted_average_into_a_resident_bf16_tensor_gives_the_bits_of_torchs_lerps(monkeypatch):
+    """A convex weighted sum of 3–5 bfloat16 models written into a resident parameter on one thread
+    (one compiled pass for its first two lerps) equals torch's chain of lerps bit for bit, with
+    weights below and above 0.5 and NaN, Inf and signed zeros in the inputs."""
+    from alloy.merge.methods import compiled, cpu_kernels
+    from alloy.merge.methods.common import weighted_sum
+
+    calls = []
+    kernel = cpu_kernels.bf16_lerp_pair
+    monkeypatch.setattr(cpu_kernels, "bf16_lerp_pair", lambda *args: calls.append(1) or kernel(*args))
+    monkeypatch.setattr(compiled, "MIN_KERNEL_ENTRIES", 1)
+
+    def results() -> list[torch.Tensor]:
+        out = []
+        for n in SIZES:
+            models = [tie_heavy(n, torch.bfloat16, seed=n + i) * (1 + 3 * i) for i in range(5)]
+            models[0][1::101], models[1][2::103], models[2][4::107] = float("nan"), float("inf"), float("-inf")
+            for weights in ([0.4, 0.3, 0.3], [0.05, 0.05, 0.9], [0.7, 0.2, 0.1], [0.1, 0.2, 0.3, 0.15, 0.25],
+                            [1.0, 3.0, 0.5, 2.0]):
+                resident = torch.nn.Parameter(torch.full((n,), 7.0, dtype=torch.bfloat16))
+                with torch.no_grad():
+                    assert weighted_sum(models[:len(weights)], weights, convex=True, out=resident) is resident
+                out.append(resident.detach().clone())
+        return out
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with_kernel = results()
+        assert len(calls) == len(with_kernel)  # every case went through the kernel
+        monkeypatch.setattr(compiled, "uses_cpu_kernels", lambda *tensors: False)
+        reference = results()
+    finally:
+        torch.set_num_threads(threads)
+    for i, (a, b) in enumerate(zip(with_kernel, reference)):
+        assert same_bits(a, b), i
+
+
 def test_the_compiled_kernels_leave_llvmlite_readable_by_vllms_module_scan():
     """vLLM's CPU engine start reads vars() of every module object; llvmlite's handle must give a dict."""
     from llvmlite.binding import ffi

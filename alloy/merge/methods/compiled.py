@@ -11,10 +11,12 @@ MIN_KERNEL_ENTRIES = 1 << 17
 
 
 def uses_cpu_kernels(*tensors: torch.Tensor) -> bool:
-    """Whether these tensors go through the compiled CPU kernels: on the CPU, contiguous, not requiring
-    grad, and of at least MIN_KERNEL_ENTRIES entries."""
+    """Whether these tensors go through the compiled CPU kernels: on the CPU, contiguous, of at least
+    MIN_KERNEL_ENTRIES entries, and outside autograd (no grad required, or grad mode off, as while a
+    builder writes a resident model's parameters)."""
+    grad = torch.is_grad_enabled()
     return tensors[0].numel() >= MIN_KERNEL_ENTRIES and all(
-        t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad for t in tensors)
+        t.device.type == "cpu" and t.is_contiguous() and not (grad and t.requires_grad) for t in tensors)
 
 
 def kernels() -> ModuleType:

@@ -1,6 +1,7 @@
 """Compiled CPU kernels (numba) for the passes that torch's eager CPU ops make slowly: the digit
 histograms, the search for the j-th equal key and the masks of the radix selections (select.py), the
-product of a task vector with its mask (sparsify.py), and TIES's sign election (task_arithmetic.py).
+product of a task vector with its mask (sparsify.py), TIES's sign election (task_arithmetic.py), and the
+first two steps of a bfloat16 weighted average written into a resident tensor (common.weighted_sum).
 
 Each kernel works on one span [start, stop) of flat, contiguous numpy views, releases the GIL, and is
 run over a tensor's spans on torch's thread count (`run_spans`). Every kernel makes the same float
@@ -45,8 +46,13 @@ MAX_SPAN = 1 << 32
 
 
 def flat_numpy(t: torch.Tensor) -> np.ndarray:
-    """The 1-D numpy view of a contiguous CPU tensor (no copy)."""
-    return t.reshape(-1).numpy()
+    """The 1-D numpy view of a contiguous CPU tensor (no copy; a parameter's data, outside autograd)."""
+    return t.detach().reshape(-1).numpy()
+
+
+def flat_bf16_bits(t: torch.Tensor) -> np.ndarray:
+    """The 1-D numpy view of the bits of a contiguous bfloat16 CPU tensor, as uint16."""
+    return flat_numpy(t.view(torch.int16)).view(np.uint16)
 
 
 @functools.lru_cache(maxsize=4)
@@ -221,6 +227,63 @@ def sign_consensus_span(weighted, weights, zero, one, normalize, start, stop, ou
         if normalize:
             for j in range(size):
                 mixed[j] = mixed[j] / (one if divisor[j] == zero else divisor[j])
+
+
+# Entries per block of `bf16_lerp_pair_span`: its float32 scratch stays in L1 cache.
+LERP_BLOCK = 2048
+
+
+@numba.njit(nogil=True, cache=True)
+def _round_to_bf16(bits, out, shift):
+    """out[j] = the float32 bits[j] rounded to the nearest even bfloat16 (NaN as 0x7FC0), shifted
+    left by `shift` (16: the rounded value as float32 bits; 0: the bfloat16 bits)."""
+    for j in range(bits.size):
+        u = bits[j]
+        nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        out[j] = (np.uint32(0x7FC0) if nan else (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16) << shift
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def _lerp(start, end, weight, out):
+    """out = torch's float32 lerp: coeff·(end − start) + base in one fused multiply-add, where coeff = w
+    and base = start when |w| < 0.5, else coeff = w − 1 and base = end."""
+    if abs(weight) < np.float32(0.5):
+        for j in range(out.size):
+            out[j] = weight * (end[j] - start[j]) + start[j]
+    else:
+        coeff = weight - np.float32(1)
+        for j in range(out.size):
+            out[j] = coeff * (end[j] - start[j]) + end[j]
+
+
+@numba.njit(nogil=True, cache=True)
+def bf16_lerp_pair_span(a, b, c, w1, w2, start, stop, out):
+    """out = lerp(lerp(a, b, w1), c, w2) over the span, each lerp rounded to bfloat16: the bits of
+    torch's `lerp(a, b, w1, out=out)` and then `out.lerp_(c, w2)`, in one pass. a, b, c and out hold
+    bfloat16 bits (uint16); w1 and w2 are float32."""
+    wide = np.empty((3, LERP_BLOCK), dtype=np.uint32)
+    mixed = np.empty(LERP_BLOCK, dtype=np.float32)
+    values, mixed_bits = wide.view(np.float32), mixed.view(np.uint32)
+    for block in range(start, stop, LERP_BLOCK):
+        size = min(LERP_BLOCK, stop - block)
+        sa, sb, sc = a[block:block + size], b[block:block + size], c[block:block + size]
+        for j in range(size):
+            wide[0, j] = np.uint32(sa[j]) << 16
+            wide[1, j] = np.uint32(sb[j]) << 16
+            wide[2, j] = np.uint32(sc[j]) << 16
+        _lerp(values[0, :size], values[1, :size], w1, mixed[:size])
+        _round_to_bf16(mixed_bits[:size], wide[0, :size], np.uint32(16))
+        _lerp(values[0, :size], values[2, :size], w2, mixed[:size])
+        _round_to_bf16(mixed_bits[:size], out[block:block + size], np.uint32(0))
+
+
+def bf16_lerp_pair(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, w1: float, w2: float,
+                   out: torch.Tensor) -> None:
+    """`bf16_lerp_pair_span` into `out` over whole contiguous bfloat16 CPU tensors, on the calling
+    thread (common.weighted_sum uses it on one torch thread only)."""
+    target = flat_bf16_bits(out)
+    bf16_lerp_pair_span(*(flat_bf16_bits(t) for t in (a, b, c)), np.float32(w1), np.float32(w2), 0, target.size,
+                        target)
 
 
 def histogram(kernel: Callable[..., None], keys: np.ndarray, *args) -> np.ndarray:
