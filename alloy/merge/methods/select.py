@@ -162,11 +162,8 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     high = stats[-1] if stop < n else None
     if compiled.uses_cpu_kernels(flat):
         # the keys equal to `low` count from rank `start` on, those equal to `high` up to rank `stop`
-        cpu_kernels = compiled.kernels()
-        numpy_keys = cpu_kernels.flat_numpy(flat)
-        low_bound = (low.key, _cpu_position(numpy_keys, low, start - low.below), n) if low else None
-        high_bound = (high.key, 0, _cpu_position(numpy_keys, high, stop - high.below)) if high else None
-        return torch.from_numpy(cpu_kernels.rank_range_mask(numpy_keys, low_bound, high_bound)).view(keys.shape)
+        return _compiled_rank_mask(flat, (low, start - low.below, low.equal) if low else None,
+                                   (high, 0, stop - high.below) if high else None).view(keys.shape)
     if low is not None and high is not None:
         mask = (flat > low.key) & (flat < high.key) if low.key != high.key else torch.zeros_like(flat, dtype=torch.bool)
     elif low is not None:
@@ -179,12 +176,26 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return mask.view(keys.shape)
 
 
-def _cpu_position(keys: np.ndarray, stat: OrderStatistic, nth: int) -> int:
-    """The flat index of the nth (0-based) key equal to `stat.key`: 0 for the first, len(keys) past the
-    last."""
-    if nth <= 0:
-        return 0
-    return keys.size if nth >= stat.equal else compiled.kernels().position_of_equal(keys, stat.key, nth)
+_Bound = tuple[OrderStatistic, int, int]
+
+
+def _compiled_rank_mask(flat: torch.Tensor, low: _Bound | None, high: _Bound | None) -> torch.Tensor:
+    """The compiled mask of the keys above `low` and below `high`. Each bound (stat, first, last) also
+    takes the keys equal to `stat.key` from the first-th to before the last-th of them in flat-index
+    order (as `_mark_equal` does); None for no bound."""
+    cpu_kernels = compiled.kernels()
+    keys = cpu_kernels.flat_numpy(flat)
+
+    def position(stat: OrderStatistic, nth: int) -> int:
+        # the flat index of the nth (0-based) key equal to stat.key: 0 for the first, len(keys) past the last
+        if nth <= 0:
+            return 0
+        return keys.size if nth >= stat.equal else cpu_kernels.position_of_equal(keys, stat.key, nth)
+
+    def kernel_bound(bound: _Bound | None) -> tuple[int, int, int] | None:
+        return (bound[0].key, position(bound[0], bound[1]), position(bound[0], bound[2])) if bound else None
+
+    return torch.from_numpy(cpu_kernels.rank_range_mask(keys, kernel_bound(low), kernel_bound(high)))
 
 
 def _mark_equal(mask: torch.Tensor, flat: torch.Tensor, key: int, first: int, last: int, equal: int) -> None:
@@ -226,10 +237,7 @@ def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
     (cut,) = order_statistics(flat, [n - k])
     kept_equal = cut.below + cut.equal - (n - k)
     if compiled.uses_cpu_kernels(flat):
-        cpu_kernels = compiled.kernels()
-        numpy_keys = cpu_kernels.flat_numpy(flat)
-        bound = (cut.key, 0, _cpu_position(numpy_keys, cut, kept_equal))
-        return torch.from_numpy(cpu_kernels.rank_range_mask(numpy_keys, bound, None)).view(keys.shape)
+        return _compiled_rank_mask(flat, (cut, 0, kept_equal), None).view(keys.shape)
     mask = flat > cut.key
     _mark_equal(mask, flat, cut.key, 0, kept_equal, cut.equal)
     return mask.view(keys.shape)
