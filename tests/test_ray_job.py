@@ -57,7 +57,7 @@ def ray_head():
                 p.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(mine, timeout=20)
+        _, alive = psutil.wait_procs(mine, timeout=5)  # gcs_server may outwait a SIGTERM sent to all at once
         for p in alive:
             p.kill()
         shutil.rmtree(temp, ignore_errors=True)

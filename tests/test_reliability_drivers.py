@@ -24,11 +24,11 @@ pytestmark = pytest.mark.slow
 
 
 def sweep_space(tmp_path: Path, trials: int, seconds_per_sample: float) -> Path:
-    """Trials of 28 samples each (no pruning), two at a time."""
+    """Trials of 28 samples each (no pruning), two at a time; the best one confirmed on 20 samples."""
     data = space_dict()
     data["evaluation"]["synthetic"]["seconds_per_sample"] = seconds_per_sample
     data["search"] = {"sampler": "tpe", "seed": 1, "trials": trials, "concurrency": 2, "resources": {"cpu": 1},
-                      "prune": False}
+                      "prune": False, "confirm": {"top": 1, "samples": 20}}
     return write_space(tmp_path, data)
 
 

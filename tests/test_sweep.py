@@ -200,7 +200,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, sampler):
     data = space_dict()
     data["evaluation"]["synthetic"] = {"seconds_per_sample": 0.1}
     data["search"] = {"sampler": sampler, "seed": 2, "trials": 10, "concurrency": 2, "resources": {"cpu": 1},
-                      "reduction_factor": 2, "start": ["parents"]}
+                      "reduction_factor": 2, "start": ["parents"], "confirm": {"top": 1, "samples": 20}}
     space = write_space(tmp_path, data)
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "alloy.cli", "sweep", str(space), "--out", str(out), "--num-cpus", "2"]
