@@ -126,6 +126,19 @@ def test_tasks_load_offline_in_seeded_order(task_manager, data_dir, name, count,
         assert task.doc_to_target(docs[0]) == docs[0]["answer"]
 
 
+def test_a_loaded_suite_keeps_each_tasks_processed_documents(data_dir):
+    """lm-eval re-runs a task's `process_docs` on every look at its documents; a TaskSuite keeps them
+    processed once, in the same seeded order."""
+    from alloy.evaluation.harness import TaskSuite
+
+    suite = TaskSuite.load(["aime24", "gpqa_diamond"], data_dir=data_dir)
+    for name, task in suite.tasks.items():
+        assert task.eval_docs is task.eval_docs, name
+        ids = [doc["id"] for doc in task.eval_docs]
+        assert ids == sorted(ids, key=order_key) and len(ids) == suite.size(name)
+        assert ids == [doc["id"] for doc in load(suite.manager, name, data_dir).eval_docs]
+
+
 def test_order_does_not_depend_on_file_order(task_manager, data_dir, tmp_path):
     rows = [json.loads(line) for line in (DATA / "aime24.jsonl").read_text().splitlines()]
     write_jsonl(tmp_path / "aime24.jsonl", list(reversed(rows)))

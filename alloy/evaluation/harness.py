@@ -1,8 +1,9 @@
 """Scoring models with lm-eval on alloy's tasks: scores, output-token statistics, nested-rung reuse.
 
 `TaskSuite.load` resolves task names in the `evaluators/` folder (cheap checks first: unknown task,
-missing data file, code execution not allowed), then builds lm-eval Task objects once. `RungEvaluator`
-runs `lm_eval.simple_evaluate` on a resident model for explicit document indices and caches every
+missing data file, code execution not allowed), then builds lm-eval Task objects once, with their
+documents processed once. `RungEvaluator` runs `lm_eval.simple_evaluate` on a resident model for
+explicit document indices and caches every
 per-sample result under (child_key, task, doc index, repeat), so that successive-halving rungs only
 score the documents they add: rung n scores docs 0..n-1 (each task orders its docs in a fixed seeded
 order, so these are nested subsets), rung 2n then scores docs n..2n-1 and reuses the rest.
@@ -118,11 +119,23 @@ class TaskSuite:
         with code_execution(suite.allow_code_execution):
             loaded = suite.manager.load([suite.specs[name] for name in suite.names])["tasks"]
         suite.tasks = {name: loaded[name] for name in suite.names}
+        for task in suite.tasks.values():
+            _process_docs_once(task)
         return suite
 
     def size(self, name: str) -> int:
         """Number of documents of task `name`."""
         return len(self.tasks[name].eval_docs)
+
+
+def _process_docs_once(task: "Task") -> None:
+    """Keep the task's processed documents (alloy's seeded order) as its test split. lm-eval runs
+    `process_docs` on every look at the documents, several times per evaluation, each time rebuilding
+    the ordered dataset."""
+    split = task.config.test_split
+    if split and task.config.process_docs is not None:
+        task.dataset[split] = task.test_docs()
+        task.config.process_docs = None
 
 
 def _data_overrides(task: str, data_dir: str | Path | None) -> dict[str, Any]:
