@@ -3,11 +3,10 @@
 `TaskSuite.load` resolves task names in the `evaluators/` folder (cheap checks first: unknown task,
 missing data file, code execution not allowed), then builds lm-eval Task objects once, with their
 documents processed once. `RungEvaluator` runs `lm_eval.simple_evaluate` on a resident model for
-explicit document indices and caches every
-per-sample result under (child_key, task, doc index, repeat), so that successive-halving rungs only
-score the documents they add: rung n scores docs 0..n-1 (each task orders its docs in a fixed seeded
-order, so these are nested subsets), rung 2n then scores docs n..2n-1 and reuses the rest.
-`evaluate` is the one-shot form.
+explicit document indices and caches every per-sample result under (child_key, task, doc index,
+repeat), so that successive-halving rungs only score the documents they add: rung n scores docs
+0..n-1 (each task orders its docs in a fixed seeded order, so these are nested subsets), rung 2n
+then scores docs n..2n-1 and reuses the rest. `evaluate` is the one-shot form.
 
 Repeats sample each question several times, each with its own seeded generator per request (see
 `request_seed`), so results are reproducible; a task that decodes greedily is switched to sampling
