@@ -68,6 +68,14 @@ def normalized(weights: Sequence[float], inputs: MergeInputs, method: str) -> li
     return [w / total for w in weights]
 
 
+def _one_pass_average(models: Sequence[torch.Tensor], out: torch.Tensor | None) -> bool:
+    """Whether the first two lerps of a convex average of `models` into `out` take the compiled pass:
+    three or more bfloat16 models into a given bfloat16 `out`, all large CPU tensors, on one torch thread
+    (see `weighted_sum`)."""
+    return len(models) >= 3 and out is not None and torch.get_num_threads() == 1 and \
+        all(t.dtype == torch.bfloat16 for t in (*models, out)) and compiled.uses_cpu_kernels(*models, out)
+
+
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], convex: bool = False,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Σ w_i·t_i in one tensor of the inputs' dtype (`out` when given, else a new one), reading each
@@ -91,18 +99,17 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], conv
         return torch.mul(t, w, out=out) if out is not None else torch.mul(t, w)
     if convex and all(w > 0 for _, w in active):
         models, steps, total = [t for t, _ in active], [], active[0][1]
-        for _, w in active[1:]:
+        for _, w in active[1:]:  # model i joins the running average with weight w_i / (w_0 + ... + w_i)
             total += w
             steps.append(w / total)
-        if len(models) >= 3 and out is not None and torch.get_num_threads() == 1 and \
-                all(t.dtype == torch.bfloat16 for t in (*models, out)) and compiled.uses_cpu_kernels(*models, out):
+        if _one_pass_average(models, out):
             compiled.kernels().bf16_lerp_pair(*models[:3], *steps[:2], out)
-            done = 3
+            rest = zip(models[3:], steps[2:])
         else:
             out = torch.lerp(models[0], models[1], steps[0], out=out) if out is not None else \
                 torch.lerp(models[0], models[1], steps[0])
-            done = 2
-        for t, w in zip(models[done:], steps[done - 1:]):
+            rest = zip(models[2:], steps[1:])
+        for t, w in rest:
             out.lerp_(t, w)
         return out
     (first, w_first), rest = active[0], active[1:]

@@ -3,13 +3,13 @@ histograms, the search for the j-th equal key and the masks of the radix selecti
 product of a task vector with its mask (sparsify.py), TIES's sign election (task_arithmetic.py), and the
 first two steps of a bfloat16 weighted average written into a resident tensor (common.weighted_sum).
 
-Each kernel works on one span [start, stop) of flat, contiguous numpy views, releases the GIL, and is
-run over a tensor's spans on torch's thread count (`run_spans`); the one-pass average runs on the
-calling thread, since common.weighted_sum takes it on one torch thread only. Every kernel makes the same float
-operations, in the same order and precision, as the torch code it stands for, so the results are the
-same bits (signed zeros included; a NaN may come out with another sign). The torch code stays the path
-for other devices, dtypes and small tensors (`compiled.uses_cpu_kernels` decides), and the tests
-compare the two.
+Each kernel works on one span [start, stop) of flat, contiguous numpy views, releases the GIL, and
+is run over a tensor's spans on torch's thread count (`run_spans`); the one-pass average runs on the
+calling thread, since common.weighted_sum takes it on one torch thread only. Every kernel makes the
+same float operations, in the same order and precision, as the torch code it stands for, so the
+results are the same bits (signed zeros included; a NaN may come out with another sign). The torch
+code stays the path for other devices, dtypes and small tensors (`compiled.uses_cpu_kernels`
+decides), and the tests compare the two.
 """
 from __future__ import annotations
 
