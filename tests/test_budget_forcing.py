@@ -247,6 +247,14 @@ def test_budget_settings_are_validated(tiny_tokenizer):
         ThinkingDelimiters.from_tokenizer(tiny_tokenizer, start="<reasoning>", end="</reasoning>")
 
 
+def test_a_task_cap_that_fills_the_context_is_refused(tiny_tokenizer):
+    lm = ThinkingHFLM(make_tiny_model("llama"), tiny_tokenizer, max_gen_toks=8)
+    with pytest.raises(AlloyError, match=rf"max_gen_toks \({lm.max_length}\) of task 'probe' leaves no room"):
+        generate(lm, [chat_prompt(tiny_tokenizer)], max_gen_toks=lm.max_length)
+    with pytest.raises(AlloyError, match="unsupported generation keys"):
+        generate(lm, [chat_prompt(tiny_tokenizer)], beams=2)
+
+
 def plain_tokenizer():
     """A byte-level BPE tokenizer without thinking delimiters."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

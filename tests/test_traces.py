@@ -146,6 +146,7 @@ def test_bad_inputs_fail_before_the_teacher_loads(teacher_setup, tmp_path, monke
     fails("does not exist", teacher=tmp_path / "nowhere")
     fails("--k must be at least 1", settings=TraceSettings(k=0))
     fails("--top-p", settings=TraceSettings(sampling=SamplingSettings(top_p=0)))
+    fails(r"--gpu-memory-utilization must be in \(0, 1\], got 1.5", settings=TraceSettings(gpu_memory_utilization=1.5))
     fails("--format names domain", formats={"code": "livecodebench"})
     fails("unknown format", formats={"math": "aime2"})
     fails("no problems", problems={})

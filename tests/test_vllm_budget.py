@@ -144,3 +144,12 @@ def test_sampled_batches_respect_caps_on_vllm(engine, tiny_tokenizer):
     assert generate(lm, prompts, do_sample=True, temperature=1.0)[0] == first
     lm.repeat = 1
     assert generate(lm, prompts, do_sample=True, temperature=1.0)[0] != first
+
+
+def test_a_task_cap_that_fills_the_engines_context_is_refused(engine, pieces):
+    from alloy.errors import AlloyError
+    from alloy.evaluation.vllm_lm import ThinkingVLLM
+
+    lm = ThinkingVLLM(engine["llm"], max_gen_toks=8)
+    with pytest.raises(AlloyError, match=r"max_gen_toks \(512\) of task 'probe' leaves no room .* context of 512"):
+        generate(lm, [pieces["prompt"]], max_gen_toks=512)

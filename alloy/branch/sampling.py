@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from alloy.errors import AlloyError
+from alloy.errors import AlloyError, check_options
 from alloy.evaluation.lm import GenerationRecord
 
 BACKENDS = ("auto", "hf", "vllm")
@@ -41,9 +41,7 @@ class SamplingSettings:
         checks = (("temperature", self.temperature >= 0, "non-negative"), ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
                   ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
                   ("batch_size", self.batch_size >= 1, "at least 1"))
-        for name, ok, what in checks:
-            if not ok:
-                raise AlloyError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)!r}")
+        check_options(self, checks)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 
 from alloy.branch.problems import Problem, read_problems, score_response
 from alloy.branch.sampling import Completion, SamplingSettings, chat_prompt, load_teacher, resolve_backend
-from alloy.errors import AlloyError
+from alloy.errors import AlloyError, check_options
 from alloy.io.atomic import atomic_write_text
 
 SETTINGS_FILE = "traces.json"
@@ -56,11 +56,9 @@ class TraceSettings:
     def validate(self) -> None:
         """Raise AlloyError naming the first setting out of range."""
         self.sampling.validate()
-        for name, low in (("k", 1), ("chunk", 1), ("logits_k", 0), ("tensor_parallel_size", 1)):
-            if getattr(self, name) < low:
-                raise AlloyError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)!r}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise AlloyError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        check_options(self, [(name, getattr(self, name) >= low, f"at least {low}")
+                             for name, low in (("k", 1), ("chunk", 1), ("logits_k", 0), ("tensor_parallel_size", 1))]
+                      + [("gpu_memory_utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "in (0, 1]")])
 
 
 @dataclass

@@ -55,7 +55,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from alloy.io.atomic import atomic_dir, atomic_write_text
 from alloy.branch.data import (EncodedExample, encode_traces, load_chat_tokenizer, pack_examples, pad_id,
                                read_traces)
-from alloy.errors import AlloyError
+from alloy.errors import AlloyError, check_options
 
 RUN_SETTINGS_FILE = "alloy_branch.json"
 STRATEGIES = ("ddp", "fsdp")
@@ -107,9 +107,7 @@ class BranchSettings:
                    f"at least 0 and at most 1 / --lr = {1 / self.lr if self.lr > 0 else math.inf:g}"),
                   ("retain_weight", self.retain_weight >= 0, "at least 0"),
                   ("retain_batch_size", self.retain_batch_size >= 1, "at least 1"))
-        for name, ok, what in checks:
-            if not ok:
-                raise AlloyError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)!r}")
+        check_options(self, checks)
 
 
 @dataclass(frozen=True)

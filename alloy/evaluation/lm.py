@@ -261,6 +261,31 @@ class Sampling:
         return chain
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What one group of lm-eval generation requests asks for: its stop strings, its token cap, its
+    decoding, and how many prompt tokens fit beside the cap in the model's context (`prompt_room`)."""
+
+    until: list[str]
+    max_gen_toks: int
+    sampling: Sampling
+    prompt_room: int
+
+    @classmethod
+    def parse(cls, gen_kwargs: dict[str, Any], default_max_gen_toks: int, max_length: int, budget: BudgetForcing,
+              task: str) -> "GenerationRequest":
+        """Validate a task's generation kwargs against the budget and the context length (AlloyError)."""
+        kwargs = normalize_gen_kwargs(dict(gen_kwargs), default_max_gen_toks)
+        until = [s for s in kwargs.pop("until") if s]
+        max_gen_toks = int(kwargs.pop("max_gen_toks"))
+        sampling = Sampling.from_kwargs(kwargs, f"generation_kwargs of task {task!r}")
+        budget.check_generation_budget(max_gen_toks)
+        if max_length - max_gen_toks <= 0:
+            raise AlloyError(f"max_gen_toks ({max_gen_toks}) of task {task!r} leaves no room for the prompt in the "
+                             f"model's context of {max_length} tokens; lower max_gen_toks")
+        return cls(until, max_gen_toks, sampling, max_length - max_gen_toks)
+
+
 def check_generation_kwargs(gen_kwargs: dict[str, Any], where: str) -> Sampling:
     """The decoding settings of `gen_kwargs` (a task's generation_kwargs); an AlloyError names any key
     the decoder would ignore."""
@@ -417,17 +442,9 @@ class ThinkingHFLM(HFLM):
     def _generate_batch(self, chunk, requests) -> list[tuple[str, GenerationRecord]]:
         gen_kwargs = chunk[0][1]
         task = requests[chunk[0][2]].task_name
-        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-        until = [s for s in kwargs.pop("until") if s]
-        max_gen_toks = int(kwargs.pop("max_gen_toks"))
-        sampling = Sampling.from_kwargs(dict(kwargs), f"generation_kwargs of task {task!r}")
-        self.budget.check_generation_budget(max_gen_toks)
-        max_ctx_len = self.max_length - max_gen_toks
-        if max_ctx_len <= 0:
-            raise AlloyError(f"max_gen_toks ({max_gen_toks}) leaves no room for the prompt in the model's "
-                             f"context of {self.max_length} tokens; lower max_gen_toks")
-
-        encoded = [self.tok_encode(context, left_truncate_len=max_ctx_len) for context, *_ in chunk]
+        request = GenerationRequest.parse(gen_kwargs, self.max_gen_toks, self.max_length, self.budget, task)
+        until, max_gen_toks, sampling = request.until, request.max_gen_toks, request.sampling
+        encoded = [self.tok_encode(context, left_truncate_len=request.prompt_room) for context, *_ in chunk]
         width = max(len(ids) for ids in encoded)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)

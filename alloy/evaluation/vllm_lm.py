@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.models.vllm_causallms import VLLM
 from vllm import LLM, SamplingParams, TokensPrompt
 
 from alloy.errors import AlloyError
-from alloy.evaluation.lm import (BudgetForcing, DEFAULT_THINK_END, DEFAULT_THINK_START, GenerationRecord, Sampling,
-                                 ThinkingDelimiters, ThinkingTracker, generation_record, request_seed, response_text)
+from alloy.evaluation.lm import (BudgetForcing, DEFAULT_THINK_END, DEFAULT_THINK_START, GenerationRecord,
+                                 GenerationRequest, Sampling, ThinkingDelimiters, ThinkingTracker, generation_record,
+                                 request_seed, response_text)
 
 # every engine on one host, unless the environment says otherwise: the loopback address keeps vLLM's
 # sockets off the machine's external interface, and CPU builds get a 1 GiB KV cache
@@ -187,18 +187,10 @@ class ThinkingVLLM(VLLM):
 
     # ----------------------------------------------------------------------------------------------
     def _continuation(self, context: str, gen_kwargs: dict, task: str, seed: int) -> _Continuation:
-        kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
-        until = [s for s in kwargs.pop("until") if s]
-        max_gen_toks = int(kwargs.pop("max_gen_toks"))
-        sampling = Sampling.from_kwargs(dict(kwargs), f"generation_kwargs of task {task!r}")
-        self.budget.check_generation_budget(max_gen_toks)
-        room = self.max_length - max_gen_toks
-        if room <= 0:
-            raise AlloyError(f"max_gen_toks ({max_gen_toks}) leaves no room for the prompt in the engine's "
-                             f"context of {self.max_length} tokens; lower max_gen_toks")
-        prompt_ids = self.tok_encode(context)[-room:]
+        request = GenerationRequest.parse(gen_kwargs, self.max_gen_toks, self.max_length, self.budget, task)
+        prompt_ids = self.tok_encode(context)[-request.prompt_room:]
         tracker = ThinkingTracker.for_prompt(context, self.delimiters, self.eos_ids)
-        row = _Continuation(context, prompt_ids, until, max_gen_toks, sampling, seed, tracker)
+        row = _Continuation(context, prompt_ids, request.until, request.max_gen_toks, request.sampling, seed, tracker)
         self._apply_cap(row)
         return row
 
