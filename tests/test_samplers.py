@@ -13,7 +13,7 @@ import pytest
 
 from alloy.evaluation.intervals import wilson
 from alloy.search.runner import make_runner
-from alloy.search.samplers import SCALAR_METRIC, RestartingCmaEsSampler, run_round, scalarize
+from alloy.search.samplers import SAMPLERS, SCALAR_METRIC, RestartingCmaEsSampler, run_round, scalarize
 from alloy.search.space import SearchSpace, load_space
 from tests.test_search_space import space_dict, write_space
 from tests.test_sweep import final_result
@@ -158,3 +158,29 @@ def test_gaussian_noise_scores_carry_their_normal_interval(tmp_path):
     score = out["aime24/exact_match"]
     assert out["aime24/exact_match.lo"] == pytest.approx(max(0.0, score - 1.96 * 0.05))
     assert out["aime24/exact_match.hi"] == pytest.approx(min(1.0, score + 1.96 * 0.05))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_survives_the_pickling_tune_saves_it_with(tmp_path, sampler):
+    """Tune pickles the searcher, and so its sampler, whenever it saves a sweep's state: each sampler,
+    after some trials, goes through Ray's cloudpickle and goes on sampling the same study."""
+    from ray import cloudpickle
+
+    data = space_dict()
+    data["search"].update(sampler=sampler, trials=8, population_size=4)
+    space = load_space(write_space(tmp_path, data))
+    runner = make_runner(space, tmp_path)
+    study = optuna.create_study(direction="maximize", sampler=space.create_sampler())
+
+    def run(trials: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(trials):
+                trial = study.ask()
+                candidate = space.candidate(space.define_by_run(trial))
+                study.tell(trial, runner.run(candidate.recipe, candidate.recipe_hash, 16)["aime24/exact_match"])
+
+    run(5)
+    study.sampler = cloudpickle.loads(cloudpickle.dumps(study.sampler))
+    run(3)
+    assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 8

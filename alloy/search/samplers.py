@@ -16,6 +16,7 @@ stopped reach Optuna as PRUNED (alloy.search.sweep) and starting points are enqu
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -111,10 +112,25 @@ def create_sampler(space: Any, start_points: Sequence[Mapping[str, Any]] = ()) -
             return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup)
     if s.sampler == "nsga2":
         population = s.population_size or max(4, min(50, s.trials // 4))
-        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=population)
+        return PicklableNSGAIISampler(seed=s.seed, population_size=population)
     if s.sampler == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=s.seed)
     return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler, picklable: Tune pickles the searcher with its sampler when it saves the
+    sweep's state, and Optuna 5.1's genetic samplers hold a thread lock (for their generation cache),
+    which is left out of the pickle and made anew on loading."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 class RestartingCmaEsSampler(CmaEsSampler):
