@@ -523,12 +523,17 @@ def test_model_counts_for_recipe_validation():
 
 # ---------------------------------------------------------------- exact selection: today's results, bit for bit
 
-def test_every_method_gives_the_recorded_results_bit_for_bit():
-    """Digests recorded from the implementation before radix selection (tests/method_cases.py)."""
+@pytest.mark.parametrize("kernels", [False, True])
+def test_every_method_gives_the_recorded_results_bit_for_bit(kernels, monkeypatch):
+    """Digests recorded from the implementation before radix selection (tests/method_cases.py), on torch's
+    ops and with every tensor through the compiled CPU kernels."""
     import json
 
+    from alloy.merge.methods import compiled
     from tests.method_cases import DIGESTS, all_digests
 
+    if kernels:
+        monkeypatch.setattr(compiled, "MIN_KERNEL_ENTRIES", 1)
     recorded = json.loads(DIGESTS.read_text())
     now = all_digests()
     assert set(now) == set(recorded)
@@ -669,6 +674,30 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
+def task_vector_merges(x: torch.Tensor) -> list[torch.Tensor]:
+    """The merges of task_arithmetic, ties, breadcrumbs and breadcrumbs_ties (the ones that run as one
+    compiled pass on the CPU) of a base and three models around `x`, over densities that cut inside runs
+    of equal magnitudes, keep all or none, with and without normalization and λ."""
+    base = torch.roll(x, 11) * 0.5
+    models = [base + x, base - x.flip(0) * 0.5, base + torch.roll(x, 3)]
+    weights = [0.6, -0.3, 0.5]
+    out = []
+    for method, params, per_model in [
+            ("task_arithmetic", {"lambda": 0.8}, [{}]), ("task_arithmetic", {"normalize": True}, [{}]),
+            ("ties", {}, [{"density": d} for d in (0.0, 0.001, 0.3, 0.5, 1.0)]),
+            ("ties", {"normalize": False, "lambda": 1.3}, [{"density": 0.4}]),
+            ("breadcrumbs", {}, [{"density": d, "gamma": g} for d in (0.0, 0.5, 0.9) for g in (0.0, 0.05, 0.2)]),
+            ("breadcrumbs_ties", {"normalize": True}, [{"density": 0.5, "gamma": 0.01}])]:
+        spec = get_method(method)
+        full = {**{p.name: p.default for p in spec.params}, **params}
+        for mp in per_model:
+            for count in (1, 3):
+                model_params = [{**{p.name: p.default for p in spec.model_params}, **mp, "weight": w}
+                                for w in weights[:count]]
+                out.append(spec.fn(MergeInputs(models[:count], model_params, base, None, "t", None), full))
+    return out
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(dtype, monkeypatch):
     """The CPU kernels (order statistics, rank masks, masked products, sign consensus) give the same
@@ -694,6 +723,8 @@ def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(
             for models in (1, 2, 3):
                 for normalize in (True, False):
                     out.append(sign_consensus(weighted[:models], [0.3, -0.7, 0.5][:models], normalize))
+            if dtype in (torch.float32, torch.float64):
+                out.extend(task_vector_merges(x))
         return out
 
     monkeypatch.setattr(compiled, "MIN_KERNEL_ENTRIES", 1)

@@ -1,6 +1,7 @@
 """Compiled CPU kernels (numba) for the passes that torch's eager CPU ops make slowly: the digit
 histograms, the search for the j-th equal key and the masks of the radix selections (select.py), the
-product of a task vector with its mask (sparsify.py), TIES's sign election (task_arithmetic.py), and the
+product of a task vector with its mask (sparsify.py), TIES's sign election, the whole merge of task
+vectors pruned by magnitude or not at all in one pass over the models (task_arithmetic.py), and the
 first two steps of a bfloat16 weighted average written into a resident tensor (common.weighted_sum).
 
 Each kernel works on one span [start, stop) of flat, contiguous numpy views, releases the GIL, and
@@ -190,44 +191,121 @@ def rank_mask(keys, start, stop, low, low_from, low_to, high, high_from, high_to
         _mask_piece(keys[a:b], out[a:b], low, low_from <= a and a < low_to, high, high_from <= a and a < high_to)
 
 
-# Entries per block of `sign_consensus_span`: its running sums stay in L1 cache.
+# Entries per block of the sign consensus and the task-vector merge: their running sums stay in L1 cache.
 CONSENSUS_BLOCK = 512
 
 
 @numba.njit(nogil=True, cache=True)
+def _consensus_block(weighted, size, weights, zero, one, normalize, sign, divisor, mixed):
+    """TIES's sign election and agreeing sum over one block (the first `size` entries of the rows of
+    `weighted`, one per model, into `mixed`), as `task_arithmetic.sign_consensus` computes it with torch: the elected sign of Σ_i δ_i
+    (−1 for a negative or NaN sum), the agreement a_i = [δ_i·sign > 0] as 1 or 0, Σ_i a_i·δ_i from +0,
+    and with `normalize` its division by Σ_i a_i·w_i (1 where that is 0), model by model in the order of
+    torch's passes. `sign` and `divisor` are scratch of at least `size` entries. (Whole rows of C arrays
+    are indexed, never 2-D slices, so that the loops vectorize.)"""
+    first = weighted[0]
+    for j in range(size):
+        sign[j] = first[j]
+    for i in range(1, weighted.shape[0]):
+        delta = weighted[i]
+        for j in range(size):
+            sign[j] = sign[j] + delta[j]
+    for j in range(size):
+        sign[j] = one if sign[j] >= zero else -one
+        agree = one if first[j] * sign[j] > zero else zero
+        mixed[j] = first[j] * agree + zero
+        divisor[j] = zero + weights[0] * agree
+    for i in range(1, weighted.shape[0]):
+        delta = weighted[i]
+        weight = weights[i]
+        for j in range(size):
+            agree = one if delta[j] * sign[j] > zero else zero
+            mixed[j] = mixed[j] + delta[j] * agree
+            divisor[j] = divisor[j] + weight * agree
+    if normalize:
+        for j in range(size):
+            mixed[j] = mixed[j] / (one if divisor[j] == zero else divisor[j])
+
+
+@numba.njit(nogil=True, cache=True)
 def sign_consensus_span(weighted, weights, zero, one, normalize, start, stop, out):
-    """TIES's sign election and agreeing sum over the span, as `task_arithmetic.sign_consensus` computes
-    it with torch: the elected sign of Σ_i δ_i (−1 for a negative or NaN sum), the agreement a_i =
-    [δ_i·sign > 0] as 1 or 0, Σ_i a_i·δ_i from +0, and with `normalize` its division by Σ_i a_i·w_i
-    (1 where that is 0). Arithmetic in the arrays' dtype (`weights`, `zero` and `one` have it too);
-    a block at a time, model by model, in the same order as torch's passes."""
+    """`_consensus_block` over the span, a block at a time, of the weighted task vectors `weighted` (a
+    tuple of flat arrays) into `out`. Arithmetic in the arrays' dtype (`weights`, `zero` and `one` have it
+    too)."""
+    rows = np.empty((len(weighted), CONSENSUS_BLOCK), dtype=out.dtype)
     sign = np.empty(CONSENSUS_BLOCK, dtype=out.dtype)
     divisor = np.empty(CONSENSUS_BLOCK, dtype=out.dtype)
     for block in range(start, stop, CONSENSUS_BLOCK):
         size = min(CONSENSUS_BLOCK, stop - block)
-        mixed = out[block:block + size]
-        first = weighted[0][block:block + size]
-        for j in range(size):
-            sign[j] = first[j]
-        for i in range(1, len(weighted)):
-            delta = weighted[i][block:block + size]
+        for i in range(len(weighted)):
+            rows[i, :size] = weighted[i][block:block + size]
+        _consensus_block(rows, size, weights, zero, one, normalize, sign, divisor, out[block:block + size])
+
+
+# How a task-vector merge treats each model's task vector (column 0 of its rules).
+KEEP_RANKS, KEEP_ALL, KEEP_NONE = 0, 1, 2
+
+
+@numba.njit(nogil=True, cache=True)
+def task_vector_merge_span(models, base, weights, rules, key_mask, consensus, normalize, divisor, lam, zero,
+                           one, tau, keys, start, stop, out):
+    """`task_arithmetic.merge_task_vectors` over the span, for magnitude pruning or none, in one pass
+    over the models and the base: out = base + λ·combine(w_i·prune(W_i − base)), with the same float
+    operations in the same order as the torch passes.
+
+    Row i of `rules` says what model i's task vector δ_i keeps: KEEP_ALL (δ_i), KEEP_NONE (+0, as
+    zeros), or KEEP_RANKS: δ_i·1 where its magnitude key (its bits & `key_mask`) is above rules[i, 1]
+    (or equal to it at a flat index in [rules[i, 2], rules[i, 3])) and below rules[i, 4] (or equal at
+    an index in [rules[i, 5], rules[i, 6])), δ_i·0 elsewhere. `combine` is `_consensus_block` with
+    `consensus`, else Σ_i from the first model, divided by `divisor` with `normalize`. `tau` is scratch
+    of (models, CONSENSUS_BLOCK) entries, and `keys` its bits as integers."""
+    count = len(models)
+    sign = np.empty(CONSENSUS_BLOCK, dtype=out.dtype)
+    agreeing = np.empty(CONSENSUS_BLOCK, dtype=out.dtype)
+    factor = np.empty(CONSENSUS_BLOCK, dtype=out.dtype)
+    for block in range(start, stop, CONSENSUS_BLOCK):
+        size = min(CONSENSUS_BLOCK, stop - block)
+        b = base[block:block + size]
+        for i in range(count):
+            w, row, bits = models[i][block:block + size], tau[i], keys[i]
             for j in range(size):
-                sign[j] = sign[j] + delta[j]
-        for j in range(size):
-            sign[j] = one if sign[j] >= zero else -one
-            agree = one if first[j] * sign[j] > zero else zero
-            mixed[j] = first[j] * agree + zero
-            divisor[j] = zero + weights[0] * agree
-        for i in range(1, len(weighted)):
-            delta = weighted[i][block:block + size]
+                row[j] = w[j] - b[j]
+            kind = rules[i, 0]
+            if kind == KEEP_NONE:
+                for j in range(size):
+                    row[j] = zero
+            elif kind == KEEP_RANKS:
+                low, low_from, low_to = rules[i, 1], rules[i, 2] - block, rules[i, 3] - block
+                high, high_from, high_to = rules[i, 4], rules[i, 5] - block, rules[i, 6] - block
+                for j in range(size):  # the 1s and 0s first: a store to `row` would alias `bits`
+                    key = np.int64(bits[j] & key_mask)
+                    kept = ((key > low) | ((key == low) & (low_from <= j) & (j < low_to))) & \
+                        ((key < high) | ((key == high) & (high_from <= j) & (j < high_to)))
+                    factor[j] = one if kept else zero
+                for j in range(size):
+                    row[j] = row[j] * factor[j]
             weight = weights[i]
             for j in range(size):
-                agree = one if delta[j] * sign[j] > zero else zero
-                mixed[j] = mixed[j] + delta[j] * agree
-                divisor[j] = divisor[j] + weight * agree
-        if normalize:
+                row[j] = row[j] * weight
+        mixed = out[block:block + size]
+        if consensus:
+            _consensus_block(tau, size, weights, zero, one, normalize, sign, agreeing, mixed)
+        else:
+            first = tau[0]
             for j in range(size):
-                mixed[j] = mixed[j] / (one if divisor[j] == zero else divisor[j])
+                mixed[j] = first[j]
+            for i in range(1, count):
+                row = tau[i]
+                for j in range(size):
+                    mixed[j] = mixed[j] + row[j]
+            if normalize:
+                for j in range(size):
+                    mixed[j] = mixed[j] / divisor
+        if lam != one:
+            for j in range(size):
+                mixed[j] = mixed[j] * lam
+        for j in range(size):
+            mixed[j] = mixed[j] + b[j]
 
 
 # Entries per block of `bf16_lerp_pair_span`: its float32 scratch stays in L1 cache.
@@ -329,6 +407,23 @@ def masked_product(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = np.empty_like(values)
     dtype = values.dtype.type
     run_spans(mask_product, values.size, lambda i, start, stop: (values, mask, dtype(0), dtype(1), start, stop, out))
+    return out
+
+
+def task_vector_merge(models: Sequence[np.ndarray], base: np.ndarray, weights: Sequence[float], rules: np.ndarray,
+                      consensus: bool, normalize: bool, divisor: float, lam: float) -> np.ndarray:
+    """`task_vector_merge_span` over whole flat arrays of one dtype (float32 or float64)."""
+    out = np.empty_like(base)
+    dtype = base.dtype.type
+    bits = np.int32 if base.dtype == np.float32 else np.int64
+    arrays, scale = tuple(models), np.asarray(weights, dtype=dtype)
+
+    def per_span(i: int, start: int, stop: int) -> tuple:
+        tau = np.empty((len(arrays), CONSENSUS_BLOCK), dtype=dtype)
+        return (arrays, base, scale, rules, bits(np.iinfo(bits).max), consensus, normalize, dtype(divisor),
+                dtype(lam), dtype(0), dtype(1), tau, tau.view(bits), start, stop, out)
+
+    run_spans(task_vector_merge_span, out.size, per_span)
     return out
 
 

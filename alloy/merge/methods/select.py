@@ -156,14 +156,9 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     if start == 0 and stop == n:
         return torch.ones(keys.shape, dtype=torch.bool, device=keys.device)
     flat = keys.reshape(-1)
-    wanted = ([start] if start > 0 else []) + ([stop - 1] if stop < n else [])
-    stats = order_statistics(flat, wanted)
-    low = stats[0] if start > 0 else None
-    high = stats[-1] if stop < n else None
     if compiled.uses_cpu_kernels(flat):
-        # the keys equal to `low` count from rank `start` on, those equal to `high` up to rank `stop`
-        return _compiled_rank_mask(flat, (low, start - low.below, low.equal) if low else None,
-                                   (high, 0, stop - high.below) if high else None).view(keys.shape)
+        return _compiled_mask(flat, rank_range_bounds(flat, start, stop)).view(keys.shape)
+    low, high = _range_statistics(flat, start, stop)
     if low is not None and high is not None:
         mask = (flat > low.key) & (flat < high.key) if low.key != high.key else torch.zeros_like(flat, dtype=torch.bool)
     elif low is not None:
@@ -176,13 +171,43 @@ def rank_range_mask(keys: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return mask.view(keys.shape)
 
 
+def _range_statistics(flat: torch.Tensor, start: int, stop: int) -> tuple[OrderStatistic | None, OrderStatistic | None]:
+    """The order statistics at ranks `start` (None when 0) and `stop` − 1 (None when it is the last)."""
+    n = flat.numel()
+    wanted = ([start] if start > 0 else []) + ([stop - 1] if stop < n else [])
+    stats = order_statistics(flat, wanted)
+    return (stats[0] if start > 0 else None), (stats[-1] if stop < n else None)
+
+
+# A bound of a kept range of keys, as the compiled kernels take it: (key, first, last) keeps the keys on
+# its inner side of `key`, and those equal to it at flat indices in [first, last); None for no bound.
+KeyBound = tuple[int, int, int] | None
+
+
+def rank_range_bounds(flat: torch.Tensor, start: int, stop: int) -> tuple[KeyBound, KeyBound]:
+    """The (low, high) bounds of the keys of ascending rank in [start, stop) (0 <= start < stop <= n, not
+    the whole range) of a flat CPU tensor the compiled kernels take, equal keys ranked by flat index."""
+    low, high = _range_statistics(flat, start, stop)
+    # the keys equal to `low` count from rank `start` on, those equal to `high` up to rank `stop`
+    return _kernel_bounds(flat, (low, start - low.below, low.equal) if low else None,
+                          (high, 0, stop - high.below) if high else None)
+
+
+def top_k_bounds(flat: torch.Tensor, k: int) -> tuple[KeyBound, KeyBound]:
+    """The (low, high) bounds of the k largest keys (0 < k < n) of a flat CPU tensor the compiled kernels
+    take; among equal keys at the cut, those of lower flat index."""
+    n = flat.numel()
+    (cut,) = order_statistics(flat, [n - k])
+    return _kernel_bounds(flat, (cut, 0, cut.below + cut.equal - (n - k)), None)
+
+
 _Bound = tuple[OrderStatistic, int, int]
 
 
-def _compiled_rank_mask(flat: torch.Tensor, low: _Bound | None, high: _Bound | None) -> torch.Tensor:
-    """The compiled mask of the keys above `low` and below `high`. Each bound (stat, first, last) also
-    takes the keys equal to `stat.key` from the first-th to before the last-th of them in flat-index
-    order (as `_mark_equal` does); None for no bound."""
+def _kernel_bounds(flat: torch.Tensor, low: _Bound | None, high: _Bound | None) -> tuple[KeyBound, KeyBound]:
+    """The kernels' bounds for `low` and `high`: each (stat, first, last) also takes the keys equal to
+    `stat.key` from the first-th to before the last-th of them in flat-index order (as `_mark_equal`
+    does); the positions of those are found by the compiled search for the nth equal key."""
     cpu_kernels = compiled.kernels()
     keys = cpu_kernels.flat_numpy(flat)
 
@@ -192,10 +217,16 @@ def _compiled_rank_mask(flat: torch.Tensor, low: _Bound | None, high: _Bound | N
             return 0
         return keys.size if nth >= stat.equal else cpu_kernels.position_of_equal(keys, stat.key, nth)
 
-    def kernel_bound(bound: _Bound | None) -> tuple[int, int, int] | None:
+    def kernel_bound(bound: _Bound | None) -> KeyBound:
         return (bound[0].key, position(bound[0], bound[1]), position(bound[0], bound[2])) if bound else None
 
-    return torch.from_numpy(cpu_kernels.rank_range_mask(keys, kernel_bound(low), kernel_bound(high)))
+    return kernel_bound(low), kernel_bound(high)
+
+
+def _compiled_mask(flat: torch.Tensor, bounds: tuple[KeyBound, KeyBound]) -> torch.Tensor:
+    """The compiled mask of the keys within `bounds`."""
+    cpu_kernels = compiled.kernels()
+    return torch.from_numpy(cpu_kernels.rank_range_mask(cpu_kernels.flat_numpy(flat), *bounds))
 
 
 def _mark_equal(mask: torch.Tensor, flat: torch.Tensor, key: int, first: int, last: int, equal: int) -> None:
@@ -234,10 +265,10 @@ def top_k_mask(keys: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 0 or k >= n:
         return torch.full(keys.shape, k > 0, dtype=torch.bool, device=keys.device)
     flat = keys.reshape(-1)
+    if compiled.uses_cpu_kernels(flat):
+        return _compiled_mask(flat, top_k_bounds(flat, k)).view(keys.shape)
     (cut,) = order_statistics(flat, [n - k])
     kept_equal = cut.below + cut.equal - (n - k)
-    if compiled.uses_cpu_kernels(flat):
-        return _compiled_rank_mask(flat, (cut, 0, kept_equal), None).view(keys.shape)
     mask = flat > cut.key
     _mark_equal(mask, flat, cut.key, 0, kept_equal, cut.equal)
     return mask.view(keys.shape)

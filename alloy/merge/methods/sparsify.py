@@ -9,13 +9,20 @@ for every pruning method). Every function returns a new tensor and leaves its in
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
 
 from alloy.merge.methods import compiled
-from alloy.merge.methods.select import magnitude_keys, rank_range_mask, row_order, top_k_mask
+from alloy.merge.methods.select import (
+    magnitude_keys,
+    rank_range_bounds,
+    rank_range_mask,
+    row_order,
+    top_k_bounds,
+    top_k_mask,
+)
 
 Pruning = Literal["magnitude", "magnitude_outliers", "random", "della_magprune"]
 
@@ -41,26 +48,71 @@ def masked(delta: torch.Tensor, kept: torch.Tensor, rescale: bool) -> torch.Tens
     return out.mul_(before / after)
 
 
+# What a magnitude pruning of n entries keeps: ("all", 0, n), ("none", 0, 0) (zeros in their place),
+# ("top", n − k, n) (the k largest; equal ones at the cut by lower flat index) or ("ranks", start, stop)
+# (ascending magnitude ranks, equal ones by flat index).
+MagnitudeCut = tuple[Literal["all", "none", "top", "ranks"], int, int]
+
+
+def magnitude_cut(n: int, pruning: Pruning, model_params: Mapping[str, Any]) -> MagnitudeCut:
+    """The entries that `magnitude` or `magnitude_outliers` pruning keeps of a task vector of n entries."""
+    density = float(model_params["density"])
+    if density >= 1:
+        return "all", 0, n
+    if pruning == "magnitude":
+        if density <= 0 or n == 0:
+            return "none", 0, 0
+        return "top", n - max(1, int(density * n)), n
+    target = int(density * n)
+    bottom = max(0, n - target - int(float(model_params["gamma"]) * n))
+    return "ranks", bottom, bottom + target
+
+
+def _by_magnitude(delta: torch.Tensor, cut: MagnitudeCut, rescale: bool) -> torch.Tensor:
+    kind, start, stop = cut
+    if kind == "all":
+        return delta.clone()
+    if kind == "none":
+        return torch.zeros_like(delta)
+    keys = magnitude_keys(delta)
+    kept = top_k_mask(keys, stop - start) if kind == "top" else rank_range_mask(keys, start, stop)
+    return masked(delta, kept, rescale)
+
+
 def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
     """Keep the k = max(1, ⌊density·n⌋) entries of largest magnitude (all of them when density >= 1);
     among equal magnitudes at the cut, those of lower flat index."""
-    n = delta.numel()
-    if density >= 1:
-        return delta.clone()
-    if density <= 0 or n == 0:
-        return torch.zeros_like(delta)
-    return masked(delta, top_k_mask(magnitude_keys(delta), max(1, int(density * n))), rescale)
+    return _by_magnitude(delta, magnitude_cut(delta.numel(), "magnitude", {"density": density}), rescale)
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
     """Drop the ⌊gamma·n⌋ largest entries and then the smallest ones, keeping ⌊density·n⌋ (fewer large
     ones are dropped when density + gamma > 1); equal magnitudes are ranked by flat index."""
-    n = delta.numel()
-    if density >= 1:
-        return delta.clone()
-    target = int(density * n)
-    n_bottom = max(0, n - target - int(gamma * n))
-    return masked(delta, rank_range_mask(magnitude_keys(delta), n_bottom, n_bottom + target), rescale)
+    cut = magnitude_cut(delta.numel(), "magnitude_outliers", {"density": density, "gamma": gamma})
+    return _by_magnitude(delta, cut, rescale)
+
+
+def kernel_rule(delta_keys: Callable[[], torch.Tensor], n: int, cut: MagnitudeCut) -> list[int]:
+    """The row of `cpu_kernels.task_vector_merge_span`'s rules that keeps what `cut` keeps of a task
+    vector of n entries (the entries that `magnitude` or `magnitude_outliers` keeps, as δ·1, and δ·0
+    elsewhere); `delta_keys` gives its magnitude keys, flat, where the cut needs them."""
+    kernels = compiled.kernels()
+    kind, start, stop = cut
+    if kind == "all":
+        return [kernels.KEEP_ALL] + [0] * 6
+    if kind == "none":
+        return [kernels.KEEP_NONE] + [0] * 6
+    start, stop = max(0, start), min(n, stop)
+    if start >= stop:  # nothing kept: a low bound no key passes
+        low, high = (torch.iinfo(torch.int64).max, 0, 0), None
+    elif start == 0 and stop == n:
+        low = high = None
+    else:
+        keys = delta_keys()
+        low, high = top_k_bounds(keys, n - start) if kind == "top" else rank_range_bounds(keys, start, stop)
+    low = low or (torch.iinfo(torch.int64).min, 0, n)
+    high = high or (torch.iinfo(torch.int64).max, 0, n)
+    return [kernels.KEEP_RANKS, *low, *high]
 
 
 def bernoulli(delta: torch.Tensor, density: float, generator: torch.Generator,

@@ -3,12 +3,18 @@ weighted, optionally filtered by TIES sign consensus, summed, optionally normali
 added to the base. The methods task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
 breadcrumbs_ties, della and della_linear are this one combination with different pruning and consensus,
 as in mergekit 0.1.5.
+
+On float32 and float64 CPU tensors that the compiled kernels take, task_arithmetic, ties, breadcrumbs and
+breadcrumbs_ties (without rescaling) run as one compiled pass over the models and the base once each
+task vector's magnitude cut is found (`_fused_merge`); the torch passes below stay the path elsewhere,
+and both give the same bits.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from alloy.errors import AlloyError
@@ -20,7 +26,8 @@ from alloy.merge.methods.common import (
     weight_param,
     weight_sum,
 )
-from alloy.merge.methods.sparsify import Pruning, prune
+from alloy.merge.methods.select import magnitude_keys
+from alloy.merge.methods.sparsify import Pruning, kernel_rule, magnitude_cut, prune
 from alloy.merge.methods.spec import MergeInputs, MethodSpec, ParamSpec
 
 
@@ -81,6 +88,11 @@ def merge_task_vectors(inputs: MergeInputs, params: Mapping[str, Any], method: s
         _check_della(inputs, others, method)
     divisor = weight_sum(weights, inputs, method) if normalize and not consensus else 1.0
     rescale = bool(params.get("rescale", False))
+    lam = float(params["lambda"])
+    models = [inputs.tensors[i] for i in others]
+    if _fused(base, models, pruning, rescale):
+        return _fused_merge(base, models, weights, [inputs.model_params[i] for i in others], pruning, consensus,
+                            normalize, divisor, lam)
     weighted = []
     for i, weight in zip(others, weights):
         delta = inputs.tensors[i] - base
@@ -95,10 +107,33 @@ def merge_task_vectors(inputs: MergeInputs, params: Mapping[str, Any], method: s
             mixed.add_(delta)
         if normalize:
             mixed.div_(divisor)
-    lam = float(params["lambda"])
     if lam != 1.0:
         mixed.mul_(lam)
     return mixed.add_(base)
+
+
+def _fused(base: torch.Tensor, models: list[torch.Tensor], pruning: Pruning | None, rescale: bool) -> bool:
+    """Whether the merge runs as one compiled pass (`_fused_merge`): float32 or float64 CPU tensors the
+    compiled kernels take, pruned by magnitude or not at all, without rescaling."""
+    return (base.dtype in (torch.float32, torch.float64) and all(m.dtype == base.dtype for m in models)
+            and pruning in (None, "magnitude", "magnitude_outliers") and not (rescale and pruning is not None)
+            and compiled.uses_cpu_kernels(base, *models))
+
+
+def _fused_merge(base: torch.Tensor, models: list[torch.Tensor], weights: list[float],
+                 model_params: list[Mapping[str, Any]], pruning: Pruning | None, consensus: bool,
+                 normalize: bool, divisor: float, lam: float) -> torch.Tensor:
+    """`merge_task_vectors` as one compiled pass over the models and the base (cpu_kernels'
+    `task_vector_merge`), after each pruned task vector's cut is found on its magnitude keys: the same
+    bits as the torch passes, without their intermediate tensors."""
+    kernels = compiled.kernels()
+    rules = []
+    for model, mp in zip(models, model_params):
+        cut = magnitude_cut(base.numel(), pruning, mp) if pruning is not None else ("all", 0, base.numel())
+        rules.append(kernel_rule(lambda: magnitude_keys(torch.sub(model, base)).reshape(-1), base.numel(), cut))
+    merged = kernels.task_vector_merge([kernels.flat_numpy(m) for m in models], kernels.flat_numpy(base), weights,
+                                       np.asarray(rules, dtype=np.int64), consensus, normalize, divisor, lam)
+    return torch.from_numpy(merged).view(base.shape)
 
 
 def _density(pruning: Pruning | None) -> ParamSpec:
