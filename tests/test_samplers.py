@@ -25,17 +25,22 @@ def _best_after(space: SearchSpace, sampler: str, trials: int, seed: int = 0) ->
     """The best noise-free score a sampler finds in `trials` trials (starting points enqueued first)."""
     space = dataclasses.replace(space, search=dataclasses.replace(space.search, sampler=sampler, seed=seed,
                                                                   trials=trials))
-    runner = make_runner(space, ".")
     study = optuna.create_study(direction="maximize", sampler=space.create_sampler())
     for _, params in space.start_points():
         study.enqueue_trial(params)
+    _ask_and_tell(space, study, trials, 64)
+    return study.best_value
+
+
+def _ask_and_tell(space: SearchSpace, study: optuna.Study, trials: int, n_samples: int) -> None:
+    """Run `trials` trials of the study on the space's synthetic runner at `n_samples` questions."""
+    runner = make_runner(space, ".")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(trials):
             trial = study.ask()
             candidate = space.candidate(space.define_by_run(trial))
-            study.tell(trial, runner.run(candidate.recipe, candidate.recipe_hash, 64)["aime24/exact_match"])
-    return study.best_value
+            study.tell(trial, runner.run(candidate.recipe, candidate.recipe_hash, n_samples)["aime24/exact_match"])
 
 
 @pytest.mark.parametrize("sampler, trials, share", [("cmaes", 120, 0.95), ("gp", 40, 0.9)])
@@ -169,18 +174,8 @@ def test_every_sampler_survives_the_pickling_tune_saves_it_with(tmp_path, sample
     data = space_dict()
     data["search"].update(sampler=sampler, trials=8, population_size=4)
     space = load_space(write_space(tmp_path, data))
-    runner = make_runner(space, tmp_path)
     study = optuna.create_study(direction="maximize", sampler=space.create_sampler())
-
-    def run(trials: int) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for _ in range(trials):
-                trial = study.ask()
-                candidate = space.candidate(space.define_by_run(trial))
-                study.tell(trial, runner.run(candidate.recipe, candidate.recipe_hash, 16)["aime24/exact_match"])
-
-    run(5)
+    _ask_and_tell(space, study, 5, 16)
     study.sampler = cloudpickle.loads(cloudpickle.dumps(study.sampler))
-    run(3)
+    _ask_and_tell(space, study, 3, 16)
     assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 8
