@@ -91,19 +91,23 @@ def test_sampled_confirmation_draws_new_answers(tmp_path, capsys):
     data = space_dict()
     data["evaluation"].update(repeats=2)
     data["evaluation"]["synthetic"]["noise"] = "binomial"
-    data["search"].update(start=["parents"], confirm={"top": 1, "samples": 40, "repeats": 3})
+    data["search"].update(start=["parents"], confirm={"top": 4, "samples": 40, "repeats": 3})
     space = load_space(write_space(tmp_path, data))
     runner = make_runner(space, tmp_path)
-    params = point([0.2, 0.5, 0.3], [0.1, 0.1, 0.8], 0.01)
-    candidate = space.candidate(params)
-    searched = runner.run(candidate.recipe, candidate.recipe_hash, 16)
-    records = write_board(space, tmp_path, [board_row(space, 0, params, searched[METRIC])])
-    confirmed = confirm_sweep(space, tmp_path, records)
-    assert "1 candidates on 40 samples, 3 new answers each" in capsys.readouterr().out
-    fresh = runner.run(candidate.recipe, candidate.recipe_hash, 40, range(2, 5))
-    assert confirmed[0][METRIC] == fresh[METRIC] != runner.run(candidate.recipe, candidate.recipe_hash, 40)[METRIC]
-    assert (tmp_path / "cache" / candidate.recipe_hash / "40.r2-4.json").is_file()
-    assert not (tmp_path / "cache" / candidate.recipe_hash / "40.json").exists()  # the search's draws: 0 and 1
+    # four candidates, so that the search's draws and the new ones cannot give the same scores by chance
+    candidates = [space.candidate(point([0.2, 0.5, 0.3], [0.1, 0.1, 0.8], 0.01 * (1 + i))) for i in range(4)]
+    rows = [board_row(space, i, c.params, runner.run(c.recipe, c.recipe_hash, 16)[METRIC])
+            for i, c in enumerate(candidates)]
+    confirmed = {row["recipe_hash"]: row for row in confirm_sweep(space, tmp_path, write_board(space, tmp_path, rows))}
+    assert "4 candidates on 40 samples, 3 new answers each" in capsys.readouterr().out
+    assert set(confirmed) == {c.recipe_hash for c in candidates}
+    searched_draws = []
+    for c in candidates:
+        assert confirmed[c.recipe_hash][METRIC] == runner.run(c.recipe, c.recipe_hash, 40, range(2, 5))[METRIC]
+        searched_draws.append(runner.run(c.recipe, c.recipe_hash, 40)[METRIC] == confirmed[c.recipe_hash][METRIC])
+        assert (tmp_path / "cache" / c.recipe_hash / "40.r2-4.json").is_file()
+        assert not (tmp_path / "cache" / c.recipe_hash / "40.json").exists()  # the search's draws: 0 and 1
+    assert not all(searched_draws)
 
 
 def test_greedy_confirmation_reuses_answers_and_refuses_new_repeats(tmp_path):
