@@ -700,9 +700,9 @@ def task_vector_merges(x: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_compiled_cpu_kernels_give_the_bits_of_the_torch_ops_over_several_spans(dtype, monkeypatch):
-    """The CPU kernels (order statistics, rank masks, masked products, sign consensus) give the same
-    bits as the torch ops that other devices run, on tie-heavy inputs with NaN and Inf entries, split
-    into several spans that runs of equal keys cross."""
+    """The CPU kernels (order statistics, rank masks, masked products, sign consensus, the one-pass
+    task-vector merge) give the same bits as the torch ops that other devices run, on tie-heavy inputs
+    with NaN and Inf entries, split into several spans that runs of equal keys cross."""
     from alloy.merge.methods import compiled, cpu_kernels, select, sparsify
     from alloy.merge.methods.task_arithmetic import sign_consensus
 

@@ -198,10 +198,10 @@ CONSENSUS_BLOCK = 512
 @numba.njit(nogil=True, cache=True)
 def _consensus_block(weighted, size, weights, zero, one, normalize, sign, divisor, mixed):
     """TIES's sign election and agreeing sum over one block (the first `size` entries of the rows of
-    `weighted`, one per model, into `mixed`), as `task_arithmetic.sign_consensus` computes it with torch: the elected sign of Σ_i δ_i
-    (−1 for a negative or NaN sum), the agreement a_i = [δ_i·sign > 0] as 1 or 0, Σ_i a_i·δ_i from +0,
-    and with `normalize` its division by Σ_i a_i·w_i (1 where that is 0), model by model in the order of
-    torch's passes. `sign` and `divisor` are scratch of at least `size` entries. (Whole rows of C arrays
+    `weighted`, one per model, into `mixed`), as `task_arithmetic.sign_consensus` computes it with torch:
+    the elected sign of Σ_i δ_i (−1 for a negative or NaN sum), the agreement a_i = [δ_i·sign > 0] as 1
+    or 0, Σ_i a_i·δ_i from +0, and with `normalize` its division by Σ_i a_i·w_i (1 where that is 0),
+    model by model in the order of torch's passes. `sign` and `divisor` are scratch of at least `size` entries. (Whole rows of C arrays
     are indexed, never 2-D slices, so that the loops vectorize.)"""
     first = weighted[0]
     for j in range(size):

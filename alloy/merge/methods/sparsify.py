@@ -55,7 +55,8 @@ MagnitudeCut = tuple[Literal["all", "none", "top", "ranks"], int, int]
 
 
 def magnitude_cut(n: int, pruning: Pruning, model_params: Mapping[str, Any]) -> MagnitudeCut:
-    """The entries that `magnitude` or `magnitude_outliers` pruning keeps of a task vector of n entries."""
+    """The entries that `magnitude` or `magnitude_outliers` pruning keeps of a task vector of n entries
+    (0 <= start <= stop <= n)."""
     density = float(model_params["density"])
     if density >= 1:
         return "all", 0, n
@@ -102,7 +103,6 @@ def kernel_rule(delta_keys: Callable[[], torch.Tensor], n: int, cut: MagnitudeCu
         return [kernels.KEEP_ALL] + [0] * 6
     if kind == "none":
         return [kernels.KEEP_NONE] + [0] * 6
-    start, stop = max(0, start), min(n, stop)
     if start >= stop:  # nothing kept: a low bound no key passes
         low, high = (torch.iinfo(torch.int64).max, 0, 0), None
     elif start == 0 and stop == n:

@@ -11,6 +11,7 @@ and both give the same bits.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,10 +131,15 @@ def _fused_merge(base: torch.Tensor, models: list[torch.Tensor], weights: list[f
     rules = []
     for model, mp in zip(models, model_params):
         cut = magnitude_cut(base.numel(), pruning, mp) if pruning is not None else ("all", 0, base.numel())
-        rules.append(kernel_rule(lambda: magnitude_keys(torch.sub(model, base)).reshape(-1), base.numel(), cut))
+        rules.append(kernel_rule(functools.partial(_delta_keys, model, base), base.numel(), cut))
     merged = kernels.task_vector_merge([kernels.flat_numpy(m) for m in models], kernels.flat_numpy(base), weights,
                                        np.asarray(rules, dtype=np.int64), consensus, normalize, divisor, lam)
     return torch.from_numpy(merged).view(base.shape)
+
+
+def _delta_keys(model: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """The magnitude keys of the task vector model − base, flat."""
+    return magnitude_keys(torch.sub(model, base)).reshape(-1)
 
 
 def _density(pruning: Pruning | None) -> ParamSpec:
