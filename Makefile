@@ -50,7 +50,7 @@ browser:
 	    $(APT) update -qq && $(APT) install -y -qq chromium >/dev/null; } || \
 	  echo "no chromium: the report's browser test will skip (apt-get install chromium)"
 
-demo: $(STAMP)
+demo: $(STAMP) sandbox
 	$(BIN)/alloy demo
 
 bench: $(STAMP)

@@ -27,6 +27,16 @@ def tiny_tokenizer():
     return train_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """An embedded Ray on this machine's two CPUs, for the tests of one module."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models decode faster on one thread than on two busy cores."""

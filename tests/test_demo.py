@@ -42,6 +42,15 @@ def test_demo_pipeline_small(tmp_path, capfd):
     assert "reused" in capfd.readouterr().out
 
 
+def test_the_demo_checks_the_sandbox_before_any_training(tmp_path, monkeypatch, capsys):
+    from alloy.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bwrap-here"))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert "needs bubblewrap (bwrap), which is not on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_a_demo_folder_made_otherwise_is_refused(tmp_path):
     import json
 

@@ -17,13 +17,6 @@ from tests.parents import read_all, write_parents
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def parents(tmp_path_factory, tiny_tokenizer):
     return write_parents(tmp_path_factory.mktemp("parents"), "llama", tiny_tokenizer, n=3)
 

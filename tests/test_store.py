@@ -13,13 +13,6 @@ from alloy.errors import AlloyError
 from tests.parents import read_all, write_parents
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def recipes_for(p: list) -> list[dict]:
     v3, r1, r2 = (str(x) for x in p)
     models = [{"model": v3, "parameters": {"weight": 1.0}}, {"model": r1, "parameters": {"weight": 0.0}},
@@ -142,3 +135,15 @@ def test_store_refuses_what_does_not_fit(local_ray):
 
     with pytest.raises(AlloyError, match="object-store-memory"):
         _check_capacity(10**15, 0)
+
+
+def test_a_worker_that_cannot_start_says_why(local_ray):
+    from alloy.workers.pool import wait_started
+
+    class Unstartable:
+        def __init__(self):
+            raise AlloyError("alloy's sandbox needs bubblewrap")
+
+    actor = ray.remote(num_cpus=0)(Unstartable).remote()
+    with pytest.raises(AlloyError, match="^a sweep worker could not start: alloy's sandbox needs bubblewrap$"):
+        wait_started([actor])

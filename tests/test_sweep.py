@@ -94,19 +94,29 @@ def test_sweep_refuses_bad_folders_before_ray(tmp_path):
         run_sweep(write_space(tmp_path, data), tmp_path / "fresh")
 
 
-# --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_session():
+def test_a_local_sweep_checks_its_code_task_before_ray(tmp_path, monkeypatch):
+    """An lm-eval sweep on the embedded Ray checks, before Ray starts, what its workers need here: the
+    code task's opt-in, then the sandbox (no bubblewrap on PATH)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    from alloy.search.sweep import run_sweep
+
+    data = space_dict()
+    data["evaluation"] = {"runner": "lm_eval", "tasks": ["aime24", "livecodebench"], "rungs": [2]}
+    with pytest.raises(AlloyError, match="'livecodebench' runs model-written code"):
+        run_sweep(write_space(tmp_path, data), tmp_path / "sweep")
+    data["evaluation"]["generation"] = {"allow_code_execution": True}
+    space = write_space(tmp_path, data)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bwrap-here"))
+    with pytest.raises(AlloyError, match=r"needs bubblewrap \(bwrap\), which is not on PATH"):
+        run_sweep(space, tmp_path / "sweep")
+    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
 
 
+# --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_end_to_end_sweep_through_ray_tune(tmp_path, ray_session, capsys):
+def test_end_to_end_sweep_through_ray_tune(tmp_path, local_ray, capsys):
     from alloy.search.sweep import run_sweep
 
     data = space_dict(objectives=["aime24/exact_match", "tokens_mean"])
@@ -163,7 +173,7 @@ def test_end_to_end_sweep_through_ray_tune(tmp_path, ray_session, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_identical_recipes_are_scored_once(tmp_path, ray_session):
+def test_identical_recipes_are_scored_once(tmp_path, local_ray):
     from alloy.search.sweep import run_sweep
 
     data = space_dict(default={"merge_method": "linear", "weights": "uniform"})

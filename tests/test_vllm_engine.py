@@ -25,13 +25,6 @@ ARCHS = ("llama", "qwen3", "qwen3_moe", "deepseek_v3")
 PROMPTS = [list(range(10, 40)), [1, 7, 9, 11], list(range(100, 430))]  # the last is longer than a cache block
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def recipes(paths) -> list[dict]:
     v3, r1, r2 = (str(p) for p in paths)
     return [

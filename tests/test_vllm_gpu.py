@@ -20,15 +20,6 @@ from tests.parents import to_fp8_checkpoint, write_parents  # noqa: E402
 from tests.test_vllm_engine import greedy, merged_child, recipes, swap_each  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype: str | None = None,
                        stages: int = 1) -> None:
     from vllm import LLM

@@ -195,11 +195,13 @@ def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = D
     """The whole demo; returns the verdict it prints (library output in `out/alloy.log` unless `verbose`)."""
     import ray
 
+    from alloy.sandbox import check_sandbox
     from alloy.search.leaderboard import read_leaderboard, render_board, select_rows
     from alloy.search.report import write_report
     from alloy.search.space import load_space
     from alloy.search.sweep import run_sweep
 
+    check_sandbox(allow_code_execution=True)  # the code task's programs run there: known before any training
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_folder(out, seed, scale)

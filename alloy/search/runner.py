@@ -59,6 +59,17 @@ def _lm_eval_setup(space: SearchSpace, sweep_dir: Path, placement_timeout_s: flo
     prepare(pool_settings(space, sweep_dir), placement_timeout_s)
 
 
+def _lm_eval_host_check(space: SearchSpace) -> None:
+    from alloy.evaluation.harness import TaskSuite
+    from alloy.sandbox import check_sandbox
+
+    ev = space.evaluation
+    allowed = bool(ev.generation.get("allow_code_execution"))
+    suite = TaskSuite.resolve(ev.tasks, data_dir=ev.data_dir, allow_code_execution=allowed)
+    if any(spec.get("unsafe_code") for spec in suite.specs.values()):
+        check_sandbox(allowed)
+
+
 def _lm_eval_teardown(space: SearchSpace, sweep_dir: Path, keep_store: bool) -> list[str]:
     from alloy.workers.pool import stop
 
@@ -74,6 +85,9 @@ RUNNERS: dict[str, Callable[[SearchSpace, Path], CandidateRunner]] = {
 # evaluation.runner name → setup(space, sweep folder, placement timeout) run once by the driver after Ray
 # starts and before the first trial (e.g. to load parents and start long-lived workers), and the
 # teardown(space, sweep folder, keep_store) → names of what it stopped, run when the sweep ends
+# runner name → host_check(space), run in the driver before an embedded Ray starts: what the workers
+# will need of this machine (the tasks, their data files, the sandbox a code task runs in)
+RUNNER_HOST_CHECK: dict[str, Callable[[SearchSpace], None]] = {"lm_eval": _lm_eval_host_check}
 RUNNER_SETUP: dict[str, Callable[[SearchSpace, Path, float], None]] = {"lm_eval": _lm_eval_setup}
 RUNNER_TEARDOWN: dict[str, Callable[[SearchSpace, Path, bool], list[str]]] = {"lm_eval": _lm_eval_teardown}
 DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
@@ -89,6 +103,15 @@ def trial_resources(space: SearchSpace) -> dict[str, float]:
     if space.evaluation.runner in POOLED_RUNNERS:
         return {"cpu": 0, "gpu": 0, "memory": 2**20}
     return {"cpu": space.search.cpu, "gpu": space.search.gpu}
+
+
+def check_host(space: SearchSpace) -> None:
+    """AlloyError, before any work, when this machine cannot run the space's trials (for an embedded
+    Ray, whose workers run here): an unknown task, a missing data file, code tasks without the opt-in or
+    the sandbox."""
+    check = RUNNER_HOST_CHECK.get(space.evaluation.runner)
+    if check is not None:
+        check(space)
 
 
 def prepare_runner(space: SearchSpace, sweep_dir: str | Path,

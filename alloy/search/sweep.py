@@ -50,7 +50,7 @@ from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interv
 from alloy.search.local_ray import ray_session
 from alloy.search.lock import LOCK_FILE, StudyLease, driver_lock
 from alloy.search.records import META_FILE, SweepRecords, open_records, open_storage, read_meta
-from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_runner, make_runner, prepare_runner,
+from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_host, check_runner, make_runner, prepare_runner,
                                  teardown_runner)
 from alloy.search.samplers import reported_scalar, study_target
 from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
@@ -80,6 +80,8 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
     """
     space = load_space(space_path, check_paths=check_paths)
     check_runner(space)
+    if address == "local":
+        check_host(space)
     warm = [] if resume else warm_start_points(space)
     out = Path(out_dir).resolve()
     _check_folder(out, resume)

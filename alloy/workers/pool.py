@@ -226,7 +226,7 @@ def prepare(settings: PoolSettings, placement_timeout_s: float) -> None:
         workers = [_start_worker(sweep, evaluation, device, backend, rank["CPU"], 0, PlacementGroupSchedulingStrategy(
             g, placement_group_capture_child_tasks=True), tp, stages) for g in groups]
     _LIVE_POOLS[sweep] = (None, workers, groups)
-    ray.get([w.__ray_ready__.remote() for w in workers])  # resources held: start-up takes what it takes
+    wait_started(workers)  # resources held: start-up takes what it takes
     pool = ray.remote(num_cpus=0)(WorkerPool).options(name=_pool_name(sweep), namespace=POOL_NAMESPACE).remote(workers)
     ray.get(pool.__ray_ready__.remote())
     _LIVE_POOLS[sweep] = (pool, workers, groups)
@@ -260,6 +260,18 @@ def stop(sweep: str, keep_stores: bool = False) -> list[str]:
     for group in groups:
         remove_placement_group(group)
     return stopped if keep_stores else stopped + stop_stores(sweep)
+
+
+def wait_started(actors: list) -> None:
+    """Wait until every actor's `__init__` has run; AlloyError with its reason for one that raised there."""
+    try:
+        ray.get([actor.__ray_ready__.remote() for actor in actors])
+    except ray.exceptions.ActorDiedError as exc:
+        if not exc.actor_init_failed:
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1].removeprefix(f"{AlloyError.__module__}.{AlloyError.__name__}: ") if lines else str(exc)
+        raise AlloyError(f"a sweep worker could not start: {reason}") from exc
 
 
 def _start_worker(sweep: str, evaluation: dict, device: str, backend: str, cpu: float, gpu: float,
