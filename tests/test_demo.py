@@ -86,6 +86,8 @@ def test_verdict_says_beats_only_beyond_the_intervals():
     assert not close.beats("math") and close.beats("code") and not close.beats_every_expert
     assert "does NOT beat" in close.render() and "overlap" in close.render()
     assert not DemoVerdict(None, None, experts).beats_every_expert
+    alone = DemoVerdict(7, Combined(0.60, 0.52, 0.68), {})
+    assert not alone.beats_every_expert and "no expert alone was scored" in alone.render()
 
 
 def test_shipped_demo_space_parses():

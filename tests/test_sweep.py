@@ -191,6 +191,32 @@ def test_identical_recipes_are_scored_once(tmp_path, local_ray):
     assert {r["status"] for r in rows} == {"ok"}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sweep_stopped_before_its_first_trial_resumes_with_its_starting_points(tmp_path, local_ray, monkeypatch):
+    """A driver that stopped before the study held any trial (here its runner's setup failed) gave the
+    study no starting points: the resume enqueues them."""
+    from alloy.search import sweep
+
+    data = space_dict()
+    data["evaluation"]["rungs"] = [2, 4]
+    data["search"] = {"sampler": "tpe", "seed": 0, "trials": 4, "concurrency": 1, "resources": {"cpu": 1},
+                      "start": ["parents"], "confirm": False}
+    space, out = write_space(tmp_path, data), tmp_path / "sweep"
+
+    def unavailable(*args, **kwargs):
+        raise AlloyError("the workers are unavailable")
+
+    monkeypatch.setattr(sweep, "prepare_runner", unavailable)
+    with pytest.raises(AlloyError, match="the workers are unavailable"):
+        sweep.run_sweep(space, out)
+    monkeypatch.undo()
+    rows = pq.read_table(sweep.run_sweep(space, out, resume=True)).to_pylist()
+    assert sorted(t.number for t in study_of(out).get_trials()) == [0, 1, 2, 3]
+    assert {r["trial"]: r["reference"] for r in rows if r["latest"] and r["reference"]} == {
+        0: "parent:A", 1: "parent:B", 2: "parent:C"}
+
+
 # --------------------------------------------------------------------------------------------------
 def _wait_gone(pgid: int, timeout: float = 60.0) -> None:
     deadline = time.time() + timeout

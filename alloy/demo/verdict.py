@@ -68,6 +68,9 @@ class DemoVerdict:
     def render(self) -> str:
         if self.best is None:
             return "no merge finished at the full rung, so there is nothing to compare"
+        if not self.experts:
+            return (f"best merge (trial {self.best_trial}): combined score {self.best.render()}\n"
+                    "no expert alone was scored at that rung, so there is nothing to compare it with")
         lines = [f"best merge (trial {self.best_trial}): combined score {self.best.render()}"]
         for label, expert in sorted(self.experts.items()):
             if self.beats(label):

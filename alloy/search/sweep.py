@@ -16,7 +16,8 @@ what Ray and the libraries printed when the sweep runs quietly (`alloy.logs`).
 Each trial evaluates its candidate at every rung in turn (reading the cache first) and reports once per
 rung; ASHA's time attribute is `asha_t` = reduction_factor ** rung, so its milestones fall exactly on
 the rungs whatever their sample counts. Trials that ASHA stops reach Optuna as PRUNED, never COMPLETE.
-The starting points (and, in a new sweep, those of `search.warm_start`) are enqueued trials. When
+The starting points and those of `search.warm_start` are enqueued trials, once: when the study holds
+no trial yet (a new sweep, or the resume of one whose driver stopped before the first). When
 Tune is done, the confirmation stage (alloy.search.confirm) re-scores the best candidates.
 
 Resume (`resume=True`) restores the Tune experiment (`Tuner.restore`) and the same Optuna study. Trials
@@ -93,10 +94,13 @@ def run_sweep(space_path: str | Path, out_dir: str | Path, address: str = "local
             lease.acquire(holder)
         try:
             _prepare_folder(space, out, resume, rdb, url, study_name)
+            enqueue = not resume or not _holds_trials(rdb, study_name)
+            if resume and enqueue:  # the last driver stopped before the study was given its starting points
+                warm = warm_start_points(space)
             with ray_session(address, num_cpus):
                 try:
                     prepare_runner(space, out, placement_timeout_s)
-                    _fit(space, out, rdb, study_name, resume, warm)
+                    _fit(space, out, rdb, study_name, resume, enqueue, warm)
                     confirm_sweep(space, out, SweepRecords(rdb, study_name))
                 finally:
                     teardown_runner(space, out, keep_store)
@@ -125,11 +129,12 @@ def cleanup_sweep(out_dir: str | Path, address: str = "auto") -> list[str]:
             return teardown_runner(space, out)
 
 
-def _fit(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool, warm: list) -> None:
+def _fit(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool, enqueue: bool,
+         warm: list) -> None:
     with _env(TUNE_GLOBAL_CHECKPOINT_S=CHECKPOINT_PERIOD_S, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
         tuner = _restored_tuner(space, out) if resume else None
         if tuner is None:
-            tuner = _new_tuner(space, out, rdb, study_name, resume, warm)
+            tuner = _new_tuner(space, out, rdb, study_name, resume, enqueue, warm)
         if tuner is not None:
             tuner.fit()
 
@@ -214,6 +219,11 @@ def _prepare_folder(space: SearchSpace, out: Path, resume: bool, rdb: Any, url: 
                                                    "space": space.source, "created": time.time()}, indent=1))
 
 
+def _holds_trials(rdb: Any, name: str) -> bool:
+    """Whether the study holds any trial (one that ran, runs or waits in the queue)."""
+    return rdb.get_n_trials(rdb.get_study_id_from_name(name)) > 0
+
+
 def _open_study(space: SearchSpace, rdb: Any, name: str) -> SweepRecords:
     """Create (or load) the sweep's Optuna study and record the leaderboard's schema in it."""
     optuna.create_study(storage=rdb, study_name=name, directions=space.directions, load_if_exists=True)
@@ -263,13 +273,14 @@ def evaluate_trial(config: dict, space: SearchSpace, sweep_dir: str) -> None:
                      "baseline": baseline})
 
 
-def _new_tuner(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool,
+def _new_tuner(space: SearchSpace, out: Path, rdb: Any, study_name: str, resume: bool, enqueue: bool,
                warm: list[dict]) -> Any:
     """A Tuner for a new sweep (or for a study whose driver died before Tune saved anything); None when
-    the study already holds every trial. `warm`: extra starting points (search.warm_start)."""
+    the study already holds every trial. `enqueue`: give the study the starting points and `warm`'s
+    (search.warm_start)."""
     from ray.tune.search import ConcurrencyLimiter
 
-    searcher = SweepSearch(space, rdb, study_name, enqueue_start=not resume, warm=warm)
+    searcher = SweepSearch(space, rdb, study_name, enqueue_start=enqueue, warm=warm)
     trials = space.search.trials
     if space.search.sampler == "grid":
         trials = min(trials, space.grid_size())

@@ -7,8 +7,9 @@ space draws for it and lie inside their ranges (or choices). Duplicates of the n
 points are skipped. The sweep is found as given, relative to the search-space file, or as
 `sweeps/NAME` (the default `--out` of `alloy sweep`).
 
-Like `search.start`, the warm-start points are enqueued when a sweep starts, never on `--resume`: the
-study already holds them (run or queued), and a resume does not read the earlier sweep again.
+Like `search.start`, the warm-start points are enqueued once, when the study holds no trial yet: at the
+start of a sweep, or on the `--resume` of one whose driver stopped before its first trial. Any other
+resume finds them in the study (run or queued) and does not read the earlier sweep again.
 """
 from __future__ import annotations
 
