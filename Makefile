@@ -39,7 +39,7 @@ test: $(STAMP) sandbox browser
 # bubblewrap (bwrap) confines model-written code; as root on Debian/Ubuntu it is installed here.
 sandbox:
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  $(APT) update -qq && $(APT) install -y -qq bubblewrap; } || \
+	  $(APT) update -qq && $(APT) install -y -qq bubblewrap >/dev/null; } || \
 	  { echo "alloy's sandbox needs bubblewrap: install the bubblewrap package (apt-get install -y bubblewrap)" >&2; exit 1; }
 
 # Headless Chromium for the report's browser test, installed with apt where this runs as root;
