@@ -82,12 +82,12 @@ RUNNERS: dict[str, Callable[[SearchSpace, Path], CandidateRunner]] = {
 }
 
 
+# evaluation.runner name → host_check(space), run in the driver before an embedded Ray starts: what the
+# workers will need of this machine (the tasks, their data files, the sandbox a code task runs in)
+RUNNER_HOST_CHECK: dict[str, Callable[[SearchSpace], None]] = {"lm_eval": _lm_eval_host_check}
 # evaluation.runner name → setup(space, sweep folder, placement timeout) run once by the driver after Ray
 # starts and before the first trial (e.g. to load parents and start long-lived workers), and the
 # teardown(space, sweep folder, keep_store) → names of what it stopped, run when the sweep ends
-# runner name → host_check(space), run in the driver before an embedded Ray starts: what the workers
-# will need of this machine (the tasks, their data files, the sandbox a code task runs in)
-RUNNER_HOST_CHECK: dict[str, Callable[[SearchSpace], None]] = {"lm_eval": _lm_eval_host_check}
 RUNNER_SETUP: dict[str, Callable[[SearchSpace, Path, float], None]] = {"lm_eval": _lm_eval_setup}
 RUNNER_TEARDOWN: dict[str, Callable[[SearchSpace, Path, bool], list[str]]] = {"lm_eval": _lm_eval_teardown}
 DEFAULT_PLACEMENT_TIMEOUT_S = 600.0

@@ -51,8 +51,8 @@ from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interv
 from alloy.search.local_ray import ray_session
 from alloy.search.lock import LOCK_FILE, StudyLease, driver_lock
 from alloy.search.records import META_FILE, SweepRecords, open_records, open_storage, read_meta
-from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_host, check_runner, make_runner, prepare_runner,
-                                 teardown_runner)
+from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_host, check_runner, make_runner,
+                                 prepare_runner, teardown_runner)
 from alloy.search.samplers import reported_scalar, study_target
 from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
 from alloy.search.warm_start import warm_start_points
