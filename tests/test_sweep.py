@@ -3,7 +3,6 @@ ASHA on the synthetic runner, identical recipes scored once, and resume after th
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from alloy.cli import main
 from alloy.errors import AlloyError
 from alloy.search.leaderboard import pareto_mask
 from alloy.search.space import load_space
+from tests.test_reliability_drivers import descendants, gone, runs_ray
 from tests.test_search_space import space_dict, write_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,26 +218,16 @@ def test_a_sweep_stopped_before_its_first_trial_resumes_with_its_starting_points
 
 
 # --------------------------------------------------------------------------------------------------
-def _wait_gone(pgid: int, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    os.killpg(pgid, signal.SIGKILL)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("sampler", ["cmaes", "gp"])
 def test_resume_after_the_driver_is_killed(tmp_path, sampler):
-    """SIGKILL to the driver, then `--resume`, with CMA-ES and the GP sampler. TPE's resume is the
-    Ctrl-C test's (tests/test_reliability_drivers.py); every sampler's pickle round trip, which a
-    resume goes through, is tests/test_samplers.py's."""
+    """SIGKILL to the driver alone, then `--resume`, with CMA-ES and the GP sampler. The reaper stops
+    the killed driver's embedded Ray: none of its processes is left. TPE's resume is the Ctrl-C test's
+    (tests/test_reliability_drivers.py); every sampler's pickle round trip, which a resume goes through,
+    is tests/test_samplers.py's."""
     data = space_dict()
-    data["evaluation"]["synthetic"] = {"seconds_per_sample": 0.1}
+    data["evaluation"]["synthetic"] = {"seconds_per_sample": 0.05}
     data["search"] = {"sampler": sampler, "seed": 2, "trials": 10, "concurrency": 2, "resources": {"cpu": 1},
                       "reduction_factor": 2, "start": ["parents"], "confirm": {"top": 1, "samples": 20}}
     space = write_space(tmp_path, data)
@@ -248,6 +238,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, sampler):
         driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
                                   env=env)
     before: dict = {}
+    ray_processes: list = []
+    ray_was_up = False
     try:
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None:
@@ -259,12 +251,17 @@ def test_resume_after_the_driver_is_killed(tmp_path, sampler):
             done = {r["trial"] for r in rows if r["status"] in ("ok", "pruned", "failed")}
             if len(done) >= 3 and any(r["status"] == "running" for r in rows):
                 before = {(r["trial"], r["rung"]): r for r in rows if r["trial"] in done}
+                ray_processes = descendants(driver.pid)
+                ray_was_up = runs_ray(ray_processes)
                 break
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        driver.kill()  # the driver alone: its Ray processes are the reaper's to stop
         driver.wait()
-        _wait_gone(driver.pid)
+        left = gone(ray_processes, timeout=60)
+        for p in left:
+            p.kill()
     assert before, (tmp_path / "first.log").read_text()[-3000:]
+    assert ray_was_up and not left, [(p.pid, p.name()) for p in left]
 
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
