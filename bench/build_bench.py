@@ -28,6 +28,7 @@ from alloy.workers.builder import builder_actor  # noqa: E402
 from alloy.merge.executor import run_merge  # noqa: E402
 from alloy.merge.plan import plan_merge  # noqa: E402
 from alloy.merge.recipe import Recipe  # noqa: E402
+from alloy.workers.local_ray import ray_session  # noqa: E402
 from alloy.workers.store import start_stores  # noqa: E402
 
 CPUS = len(os.sched_getaffinity(0))  # the Ray CPUs of the run; (b) runs in this process on as many torch threads
@@ -68,8 +69,7 @@ def main() -> None:
     disk_s = min(disk)
     input_gb = plan.input_bytes() / 1e9
 
-    ray.init(address="local", num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session("local", num_cpus=CPUS):
         start_stores("bench", {str(p): p for p in parents})
         throughput = {}
         per_candidate = None
@@ -86,8 +86,6 @@ def main() -> None:
                 per_candidate = min(r.seconds for r in reports)
             for b in builders:
                 ray.kill(b)
-    finally:
-        ray.shutdown()
 
     print(f"parents: 3 x {input_gb / 3:.2f} GB bf16; fused lerp bound {bound:.1f} GB/s")
     print(f"(a) in-memory build      {per_candidate:7.2f} s/candidate  {input_gb / per_candidate:6.2f} GB/s "

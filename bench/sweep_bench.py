@@ -22,14 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from alloy.merge.executor import run_merge  # noqa: E402
 from alloy.merge.plan import plan_merge  # noqa: E402
 from alloy.merge.recipe import Recipe  # noqa: E402
+from alloy.workers.local_ray import ray_session  # noqa: E402
 from alloy.workers.store import start_stores  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -150,16 +149,13 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="alloy-sweep-bench-"))
     parents = make_parents(work, args.hidden, args.layers)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session("local", num_cpus=2):
         stores = start_stores(SWEEP, {str(p): str(p) for p in parents}, base=str(parents[0]), detached=False)
         a = run_swap(parents, args)
         b = run_fresh(parents, args, work)
         c = run_hf(parents, args, args.batch_size)
         d = run_hf(parents, args, 1)
         del stores
-    finally:
-        ray.shutdown()
     print(f"{args.candidates} candidates of a {args.layers}-layer Llama (hidden {args.hidden}), "
           f"{args.prompts} AIME questions x {args.tokens} tokens each")
     for t in (a, b, c, d):

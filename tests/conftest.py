@@ -29,10 +29,14 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """An embedded Ray on this machine's two CPUs, for the tests of one module."""
+    """An embedded Ray on this machine's two CPUs (no autoscaler), for the tests of one module; it starts
+    in turn with the other embedded Rays of this machine, as alloy's drivers do."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from alloy.workers.local_ray import start_lock
+
+    with start_lock():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

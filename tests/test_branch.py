@@ -244,16 +244,7 @@ def test_cli_pairs_and_registration():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def first_run(workspace, ray_cluster):
+def first_run(workspace, local_ray):
     out = workspace["root"] / "experts"
     results = branch(workspace["backbone"], workspace["files"], out, SETTINGS,
                      teacher_logits={"math": workspace["teacher"]})

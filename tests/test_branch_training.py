@@ -81,17 +81,8 @@ def test_bad_training_settings_fail_before_ray(tmp_path, monkeypatch):
     assert plan.jobs[0].rows and sum(len(r) for r in plan.jobs[0].rows) == 6
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_fsdp2_and_ddp_give_the_same_loss_curve(tmp_path, ray_cluster):
+def test_fsdp2_and_ddp_give_the_same_loss_curve(tmp_path, local_ray):
     from safetensors.torch import load_file
 
     from alloy.branch.train import branch

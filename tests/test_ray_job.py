@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from alloy.workers.local_ray import start_lock
 from tests.parents import write_parents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,8 @@ def ray_head():
            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}",
            "--disable-usage-stats", f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
            f"--min-worker-port={free_port()}", "--max-worker-port=0"]
-    subprocess.run(cmd, check=True, capture_output=True, env=client_env(), timeout=180)
+    with start_lock():  # in turn with the embedded Rays other tests start
+        subprocess.run(cmd, check=True, capture_output=True, env=client_env(), timeout=180)
     try:
         yield f"http://127.0.0.1:{dashboard}"
     finally:

@@ -21,16 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A 2-CPU local Ray with no GPU and no autoscaler."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def quick_space(tmp_path: Path, trials: int = 4, **search) -> dict:
     data = space_dict()
     data["evaluation"]["rungs"] = [2, 4]
@@ -54,7 +44,7 @@ def test_objectives_the_tasks_do_not_report_are_refused_before_ray(tmp_path, cap
 @pytest.mark.parametrize("resources, runner, concurrency", [
     ({"cpu": 64}, "synthetic", 1), ({"gpu": 1}, "synthetic", 1), ({"cpu": 1, "gpu": 1}, "lm_eval", 1),
     ({"cpu": 1}, "lm_eval", 4)])   # four pooled workers of one CPU each on a 2-CPU cluster
-def test_resources_no_node_offers_are_refused_at_once(tmp_path, ray_cluster, resources, runner, concurrency):
+def test_resources_no_node_offers_are_refused_at_once(tmp_path, local_ray, resources, runner, concurrency):
     from alloy.search.sweep import run_sweep
 
     data = quick_space(tmp_path, resources=resources, concurrency=concurrency)
@@ -65,7 +55,7 @@ def test_resources_no_node_offers_are_refused_at_once(tmp_path, ray_cluster, res
     assert time.monotonic() - start < 30
 
 
-def test_resources_the_autoscaler_must_add_are_waited_for_with_a_timeout(ray_cluster):
+def test_resources_the_autoscaler_must_add_are_waited_for_with_a_timeout(local_ray):
     from alloy.workers.placement import autoscaler_node_types, check_placement
 
     types = autoscaler_node_types(bootstrap=REPO / "cluster.yaml")    # as on the head of a launched cluster
@@ -79,7 +69,7 @@ def test_resources_the_autoscaler_must_add_are_waited_for_with_a_timeout(ray_clu
         check_placement({"CPU": 8, "GPU": 16}, 1, "workers", 1.0, node_types=types)   # no type has 16 GPUs
 
 
-def test_worker_resources_are_reserved_with_a_timeout(ray_cluster):
+def test_worker_resources_are_reserved_with_a_timeout(local_ray):
     from ray.util.placement_group import remove_placement_group
 
     from alloy.workers.placement import reserve
@@ -94,7 +84,7 @@ def test_worker_resources_are_reserved_with_a_timeout(ray_cluster):
     assert reserve({"CPU": 0, "GPU": 0}, 3, "workers", 1.0, "alloy-test-none") is None
 
 
-def test_a_sweep_whose_every_trial_failed_exits_non_zero(tmp_path, ray_cluster, capsys):
+def test_a_sweep_whose_every_trial_failed_exits_non_zero(tmp_path, local_ray, capsys):
     data = quick_space(tmp_path, trials=3)
     data["evaluation"]["synthetic"]["fail_fraction"] = 1.0
     out = tmp_path / "sweep"
@@ -105,7 +95,7 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero(tmp_path, ray_cluster, 
     assert sorted(r["trial"] for r in rows) == [0, 1, 2] and {r["status"] for r in rows} == {"failed"}
 
 
-def test_deleted_or_corrupt_leaderboard_is_rebuilt_from_the_study(tmp_path, ray_cluster, capsys):
+def test_deleted_or_corrupt_leaderboard_is_rebuilt_from_the_study(tmp_path, local_ray, capsys):
     from alloy.search.leaderboard import read_leaderboard
     from alloy.search.sweep import run_sweep
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ray
 import torch
 
+from alloy.workers.local_ray import start_lock
 from tests.parents import write_parents
 from tests.test_store import disk_child
 
@@ -15,9 +16,10 @@ def test_store_and_builder_on_two_nodes(tmp_path, tiny_tokenizer):
     from alloy.workers.store import start_stores
 
     parents = write_parents(tmp_path, "qwen3_moe", tiny_tokenizer, n=2, dtype=torch.bfloat16)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"store_node": 1},
-                                                            "include_dashboard": False})
-    cluster.add_node(num_cpus=1, resources={"builder_node": 1})
+    with start_lock():  # in turn with the embedded Rays other tests start
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"store_node": 1},
+                                                                "include_dashboard": False})
+        cluster.add_node(num_cpus=1, resources={"builder_node": 1})
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         (store,) = start_stores("t-cluster", {str(p): p for p in parents}, resources={"store_node": 0.1})

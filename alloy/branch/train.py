@@ -50,12 +50,13 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from alloy.io.atomic import atomic_dir, atomic_write_text
 from alloy.branch.data import (EncodedExample, encode_traces, load_chat_tokenizer, pack_examples, pad_id,
                                read_traces)
 from alloy.errors import AlloyError, check_options
+from alloy.workers.local_ray import ray_session
 
 RUN_SETTINGS_FILE = "alloy_branch.json"
 STRATEGIES = ("ddp", "fsdp")
@@ -260,27 +261,6 @@ def _check_run_settings(run_dir: Path, fingerprint: dict[str, Any]) -> None:
                          f"original settings to resume it, or delete the folder to start over")
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
-    """Use a running Ray, connect to `address` (`auto` or `ray://host:port`), or start an embedded one.
-
-    Whatever this starts or connects, it shuts down on exit.
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def branch(backbone: str | Path, data: Mapping[str, str | Path], out: str | Path,
            settings: BranchSettings = BranchSettings(), *, teacher_logits: Mapping[str, str | Path] | None = None,
            retain: Sequence[str | Path] | None = None, resume: bool = False, address: str | None = None,
@@ -295,7 +275,7 @@ def branch(backbone: str | Path, data: Mapping[str, str | Path], out: str | Path
                        storage=storage)
     results = {domain: BranchResult(domain, path, {}) for domain, path in plan.done.items()}
     if plan.jobs:
-        with ray_session(address, num_cpus=max(2, settings.num_workers)):
+        with ray_session(address or "local", num_cpus=max(2, settings.num_workers)):
             for job in plan.jobs:
                 results[job.domain] = _run_domain(plan, job)
     return {domain: results[domain] for domain in data}

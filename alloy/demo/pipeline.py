@@ -193,13 +193,12 @@ def sweep_progress(term: Terminal, sweep: Path, total: int) -> Iterator[None]:
 def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = DemoScale(),
              verbose: bool = False) -> DemoVerdict:
     """The whole demo; returns the verdict it prints (library output in `out/alloy.log` unless `verbose`)."""
-    import ray
-
     from alloy.sandbox import check_sandbox
     from alloy.search.leaderboard import read_leaderboard, render_board, select_rows
     from alloy.search.report import write_report
     from alloy.search.space import load_space
     from alloy.search.sweep import run_sweep
+    from alloy.workers.local_ray import ray_session
 
     check_sandbox(allow_code_execution=True)  # the code task's programs run there: known before any training
     out = Path(out)
@@ -209,16 +208,13 @@ def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = D
     with quiet_output(out / LOG_FILE, verbose):
         term = Terminal()
         term.line(f"alloy demo: everything goes under {out.resolve()} (library output: {out / LOG_FILE})")
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-        try:
+        with ray_session("local", num_cpus=2):  # one embedded Ray for the experts and the sweep
             space = prepare_models(out, term, seed, scale)
             sweep = out / "sweep"
             trials = load_space(space).search.trials
             with stage(term, f"[3/4] sweep: alloy sweep {space} --out {sweep} ({trials} trials, one at a time)"):
                 with sweep_progress(term, sweep, trials), lines_to_log_only():  # its trial lines: the log
                     run_sweep(space, sweep, resume=(sweep / "study.db").is_file())
-        finally:
-            ray.shutdown()
         term.line("[4/4] leaderboard (each expert alone is a reference row; scores with 95% intervals)")
         table = read_leaderboard(sweep)
         term.line(render_board(select_rows(table), table))

@@ -48,7 +48,7 @@ from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
 from alloy.search.confirm import confirm_sweep
 from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interval_columns, rebuild_leaderboard
-from alloy.search.local_ray import ray_session
+from alloy.workers.local_ray import ray_session
 from alloy.search.lock import LOCK_FILE, StudyLease, driver_lock
 from alloy.search.records import META_FILE, SweepRecords, open_records, open_storage, read_meta
 from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_host, check_runner, make_runner,

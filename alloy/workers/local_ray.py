@@ -1,24 +1,46 @@
-"""Ray for a sweep driver: an embedded Ray that goes away with its driver, or a connection to a cluster.
+"""Ray for a driver (a sweep, a branch run, the demo): an embedded Ray that goes away with its driver,
+or a connection to a cluster.
 
 `ray_session("local")` starts Ray inside the driver process and shuts it down on the way out,
 including on SIGTERM (turned into `SystemExit(143)` while the session is open, so `finally` blocks
 run). A driver killed outright (SIGKILL, OOM) cannot clean up after itself, and Ray's node agents
 (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) outlive their raylet. So the embedded session also
-starts a reaper, `python -m alloy.search.local_ray PID`, in its own session: it keeps the list of the
+starts a reaper, `python -m alloy.workers.local_ray PID`, in its own session: it keeps the list of the
 driver's descendant processes and, once the driver is gone, terminates those still alive.
+
+Embedded Rays that start at the same moment on one machine take turns (`start_lock`): a raylet that
+does not register within Ray's fixed 30 s fails its driver, and on a small, busy machine several
+starting at once can take that long.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Iterator
 
 REAPER_POLL_S = 1.0
 TERM_GRACE_S = 5.0
+START_LOCK = Path(tempfile.gettempdir()) / "alloy-ray-start.lock"
+
+
+@contextlib.contextmanager
+def start_lock() -> Iterator[None]:
+    """Hold the machine-wide lock under which an embedded Ray starts (released if the holder dies)."""
+    try:
+        handle = open(START_LOCK, "a")
+    except OSError:  # another user's lock file: start without taking turns
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager
@@ -36,7 +58,8 @@ def ray_session(address: str = "local", num_cpus: int | None = None) -> Iterator
     try:
         if address == "local":
             reaper = start_reaper(os.getpid())
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            with start_lock():
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
         # after ray.init, whose core worker installs a SIGTERM handler that aborts the process
@@ -62,7 +85,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def start_reaper(pid: int) -> subprocess.Popen:
     """Start the process that cleans up after driver `pid` if it dies without shutting Ray down."""
-    return subprocess.Popen([sys.executable, "-m", "alloy.search.local_ray", str(pid)], start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "alloy.workers.local_ray", str(pid)], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
