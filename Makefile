@@ -34,11 +34,11 @@ endif
 	touch $(STAMP)
 
 # Two test processes (pytest-xdist; a module's tests stay together, with their fixtures): most
-# end-to-end tests spend part of their time waiting on Ray, vLLM or a driver process. TEST_PROCESSES=0
-# runs the suite in this process.
+# end-to-end tests spend part of their time waiting on Ray, vLLM or a driver process. The modules with
+# slow tests go first (tests/conftest.py). TEST_PROCESSES=0 runs the suite in this process.
 TEST_PROCESSES ?= 2
 test: $(STAMP) sandbox browser
-	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadscope
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadscope --no-loadscope-reorder
 
 # bubblewrap (bwrap) confines model-written code; as root on Debian/Ubuntu it is installed here.
 sandbox:

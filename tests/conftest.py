@@ -12,6 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with a slow (end-to-end) test first, each kept whole and in order: two test processes
+    (`make test`: `--dist loadscope --no-loadscope-reorder`) take them first and end on short tests."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real benchmark slices in ../shared/data."""

@@ -75,6 +75,7 @@ def wait_for_job_server(address: str, env: dict) -> None:
     pytest.fail("the head's job server did not come up")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sweep_submitted_as_a_ray_job(tmp_path, tiny_tokenizer, shared_data, ray_head):
     parents = write_parents(tmp_path, "qwen3_moe", tiny_tokenizer, n=2, dtype=torch.float32)

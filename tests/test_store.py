@@ -54,6 +54,7 @@ def store_digest(sweep: str) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
 def test_builders_match_alloy_merge(tmp_path, tiny_tokenizer, local_ray, arch):
     from alloy.workers.builder import builder_actor
@@ -96,6 +97,7 @@ def test_builders_match_alloy_merge(tmp_path, tiny_tokenizer, local_ray, arch):
         ray.kill(h)
 
 
+@pytest.mark.slow
 def test_store_restart_and_bad_recipes(tmp_path, tiny_tokenizer, local_ray):
     from alloy.workers.builder import builder_actor
     from alloy.workers.store import start_stores

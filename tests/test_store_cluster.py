@@ -1,6 +1,7 @@
 """A store on one node and a builder on another, with `ray.cluster_utils.Cluster`."""
 from __future__ import annotations
 
+import pytest
 import ray
 import torch
 
@@ -9,6 +10,7 @@ from tests.parents import write_parents
 from tests.test_store import disk_child
 
 
+@pytest.mark.slow
 def test_store_and_builder_on_two_nodes(tmp_path, tiny_tokenizer):
     from ray.cluster_utils import Cluster
 

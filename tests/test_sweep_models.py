@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 import yaml
 
@@ -12,6 +13,7 @@ from alloy.cli import main
 from tests.parents import read_all, write_parents
 
 
+@pytest.mark.slow
 def test_sweep_on_tiny_parents_with_lm_eval(tmp_path, tiny_tokenizer, shared_data, capsys):
     parents = write_parents(tmp_path, "qwen3_moe", tiny_tokenizer, n=3, dtype=torch.float32)
     space = {

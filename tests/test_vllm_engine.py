@@ -108,17 +108,20 @@ def swapped(request, local_ray, tmp_path_factory, tiny_tokenizer, shared_data):
     gc.collect()
 
 
+@pytest.mark.slow
 def test_swapped_child_equals_fresh_engine(swapped):
     for swap, fresh in zip(swapped["swaps"], swapped["fresh"]):
         assert swap["tokens"] == fresh["tokens"]
     assert swapped["swaps"][0]["tokens"] != swapped["swaps"][1]["tokens"]  # the children differ
 
 
+@pytest.mark.slow
 def test_swapping_back_restores_outputs(swapped):
     assert swapped["swaps"][2]["tokens"] == swapped["swaps"][0]["tokens"]
     assert swapped["swaps"][2]["eval"] == swapped["swaps"][0]["eval"]
 
 
+@pytest.mark.slow
 def test_evaluate_on_swapped_engine_equals_fresh_engine(swapped):
     for swap, fresh in zip(swapped["swaps"], swapped["fresh"]):
         assert swap["eval"] == fresh["eval"]
@@ -126,6 +129,7 @@ def test_evaluate_on_swapped_engine_equals_fresh_engine(swapped):
             assert task["n_samples"] == 2 and task["output_tokens"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_recipe_for_other_parents_is_refused(swapped, tmp_path):
     recipe = recipes(swapped["paths"])[0]
     recipe["models"][0]["model"] = str(tmp_path / "elsewhere")
@@ -143,6 +147,7 @@ def test_unservable_architecture_and_head_split_are_refused():
     check_servable({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 8}, 4, "x/config.json")
 
 
+@pytest.mark.slow
 def test_tensor_parallel_2_on_cpu(local_ray, tmp_path, tiny_tokenizer):
     """Two CPU ranks (vLLM's `mp` executor, one CPU each): each rank merges its own shard of a
     Qwen3-MoE child (attention heads and every expert split over the ranks) from the store, and the
