@@ -34,6 +34,21 @@ def tiny_tokenizer():
     return train_tokenizer()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_vllm_groups_from_an_earlier_module():
+    """Each module starts without the parallel groups an earlier module's one-process vLLM engines left.
+
+    vLLM keeps them for the life of the process, and makes an expert-parallel group only for a MoE
+    model: a DeepSeek-V3 engine made after a dense one in the same process finds none and fails."""
+    import sys
+
+    state = sys.modules.get("vllm.distributed.parallel_state")
+    if state is not None and state.model_parallel_is_initialized():
+        state.destroy_model_parallel()
+        state.destroy_distributed_environment()
+    yield
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """An embedded Ray on this machine's two CPUs (no autoscaler), for the tests of one module; it starts

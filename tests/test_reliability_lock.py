@@ -1,5 +1,5 @@
 """One driver per sweep: the folder lock and the study lease refuse a second driver naming the first,
-and a killed driver's lock or lease is taken over."""
+and a killed driver's lock or lease is taken over. Embedded Rays on one machine start in turn."""
 from __future__ import annotations
 
 import os
@@ -100,3 +100,37 @@ def test_a_sweep_on_a_study_another_machine_drives_is_refused_before_anything_is
     with pytest.raises(AlloyError, match="study 'alloy' in .*shared.db is being driven by pid 4242 on gpu-node-7"):
         run_sweep(write_space(tmp_path), out, storage=url)
     assert [p.name for p in out.iterdir()] == [LOCK_FILE]           # no half-made sweep to block a retry
+
+
+START = """
+import pathlib, sys, time
+from alloy.workers import local_ray
+local_ray.START_LOCK = pathlib.Path(sys.argv[1])
+print("waiting", flush=True)
+with local_ray.start_lock():
+    print(time.time(), flush=True)
+"""
+
+
+def test_embedded_ray_starts_take_turns_and_a_dead_holders_turn_ends(tmp_path, monkeypatch):
+    from alloy.workers import local_ray
+
+    lock = tmp_path / "start.lock"
+    monkeypatch.setattr(local_ray, "START_LOCK", lock)
+    with local_ray.start_lock():
+        child = subprocess.Popen([sys.executable, "-c", START, str(lock)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "waiting"
+        time.sleep(1.0)
+        assert child.poll() is None  # its Ray start waits for this one's
+        released = time.time()
+    assert float(child.stdout.readline()) >= released
+    assert child.wait(timeout=60) == 0
+
+    holder = subprocess.Popen([sys.executable, "-c", START.replace("print(time.time(), flush=True)",
+                                                                   "print('held', flush=True); time.sleep(600)"),
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "waiting" and holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with local_ray.start_lock():  # the killed holder's turn ended with it
+        pass
