@@ -81,7 +81,7 @@ def cli_sweep(tmp_path_factory):
     import subprocess
     import sys
 
-    from tests.test_search_space import space_dict, write_space
+    from tests.spaces import space_dict, write_space
 
     root = tmp_path_factory.mktemp("cli_sweep")
     data = space_dict(objectives=["aime24/exact_match", "tokens_mean"])

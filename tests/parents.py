@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 
 def write_parents(root: Path, arch: str, tokenizer, n: int = 3, dtype: torch.dtype = torch.float32,
@@ -65,3 +66,13 @@ def read_all(folder: Path) -> dict[str, torch.Tensor]:
     for f in sorted(Path(folder).glob("*.safetensors")):
         out.update(load_file(f))
     return out
+
+
+def disk_child(tmp_path, recipe: dict, tag: str) -> dict[str, torch.Tensor]:
+    """The child `alloy merge` writes for `recipe` under `tmp_path/tag`, read back as tensors."""
+    from alloy.cli import main
+
+    path = tmp_path / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["merge", str(path), str(tmp_path / tag), "--quiet"]) == 0
+    return read_all(tmp_path / tag)

@@ -6,9 +6,14 @@ bit for bit.
 nth_element, torch's unstable sort), not by any rule; `stable=True` runs the same code with stable
 sorts, so that equal magnitudes are ranked by their flat index: the rule the radix selection keeps.
 Without ties at the cut both give the same result.
+
+`exact_fusion_mask` is Arcee Fusion's keep/drop decision with its KL in 40-digit arithmetic: the exact
+reference for alloy's float64 KL (mergekit's float32 one differs from both).
 """
 from __future__ import annotations
 
+import mpmath
+import numpy as np
 import torch
 
 from alloy.merge.methods.sparsify import masked
@@ -94,3 +99,18 @@ def sign_consensus(weighted: list[torch.Tensor], weights: list[float], normalize
         divisor[divisor == 0] = 1
         mixed.div_(divisor)
     return mixed
+
+
+def exact_fusion_mask(base: torch.Tensor, model: torch.Tensor) -> np.ndarray:
+    """Keep/drop decisions with the KL computed in 40-digit arithmetic from the float32 inputs."""
+    mpmath.mp.dps = 40
+    rows = []
+    for b_row, m_row in zip(base.double().tolist(), model.double().tolist()):
+        eb, em = [mpmath.exp(v) for v in b_row], [mpmath.exp(v) for v in m_row]
+        zb, zm = mpmath.fsum(eb), mpmath.fsum(em)
+        kl = mpmath.fsum((a / zm) * (mpmath.log(a / zm) - mpmath.log(c / zb)) for a, c in zip(em, eb))
+        rows.append([abs(mpmath.mpf(m) - mpmath.mpf(b)) * kl for m, b in zip(m_row, b_row)])
+    s = sorted(v for row in rows for v in row)
+    n = len(s)
+    threshold = s[(n - 1) // 2] + mpmath.mpf(1.5) * (s[3 * (n - 1) // 4] - s[(n - 1) // 4])
+    return np.array([[v >= threshold for v in row] for row in rows])

@@ -14,7 +14,7 @@ from alloy.search.records import SweepRecords
 from alloy.search.runner import make_runner
 from alloy.search.space import load_space, unit_from_simplex
 from alloy.search.warm_start import warm_start_points
-from tests.test_search_space import space_dict, write_space
+from tests.spaces import space_dict, write_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 METRIC = "aime24/exact_match"

@@ -9,7 +9,7 @@ import pytest
 from alloy import cli
 from alloy.evaluation.datasets import TASKS
 from alloy.tiny import make_tiny_model, save_tiny_checkpoint
-from tests.test_eval_runtime import answering_model
+from tests.scripted_models import answering_model
 
 SHARED_FILES = ("aime24.jsonl", "math500_50.jsonl", "livecodebench_subset.jsonl")
 

@@ -11,7 +11,7 @@ import torch
 from alloy.errors import AlloyError
 from alloy.evaluation.harness import EVALUATORS_ENV, RungEvaluator, TaskSuite, TokenStats, evaluate, evaluators_dir
 from alloy.tiny import make_tiny_model
-from tests.test_budget_forcing import EOS, THINK_END, encode, script, scripted_model
+from tests.scripted_models import answering_model, encode
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOY_ANSWERS = ["42", "42", "42", "7", "42", "7"]
@@ -64,14 +64,6 @@ def toy_tasks(tmp_path_factory) -> Path:
         "do_sample: false", "do_sample: false\n  num_beams: 4")
     (root / "toy_beams.yaml").write_text(bad)
     return root
-
-
-def answering_model(tokenizer, answer: str, thought: str = " the answer is"):
-    """A scripted tiny model that thinks `thought`, ends thinking and writes \\boxed{answer}."""
-    prompt_end = encode(tokenizer, tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True))[-1]
-    return scripted_model(script([prompt_end, *encode(tokenizer, thought), THINK_END,
-                                  *encode(tokenizer, f" \\boxed{{{answer}}}"), EOS]))
 
 
 def test_evaluate_reports_scores_samples_and_token_stats(toy_tasks, tiny_tokenizer):

@@ -13,7 +13,7 @@ import pytest
 from alloy.evaluation.datasets import order_key
 from alloy.sandbox import OPT_IN_ENV
 from alloy.tiny import save_tiny_checkpoint
-from tests.test_eval_runtime import answering_model
+from tests.scripted_models import answering_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LM_EVAL = Path(sys.executable).parent / "lm_eval"

@@ -161,7 +161,7 @@ def test_random_methods_keep_and_rescale_as_mergekit(merged, name):
 
 
 def test_arcee_fusion_is_exact_where_mergekit_rounds(merged):
-    from tests.test_methods import exact_fusion_mask
+    from tests.reference_methods import exact_fusion_mask
 
     ours, theirs, _ = merged["arcee_fusion"]
     base, model = merged[None][0], merged[None][1]

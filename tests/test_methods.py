@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-import mpmath
 import numpy as np
 import pytest
 import torch
 
 from alloy.errors import AlloyError
 from alloy.merge.methods import METHODS, MergeInputs, get_method
+from tests.reference_methods import exact_fusion_mask
 
 EXPECTED = {"linear", "aoe", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
             "breadcrumbs_ties", "della", "della_linear", "slerp", "nuslerp", "model_stock", "arcee_fusion",
@@ -427,21 +427,6 @@ def test_arcee_fusion_matches_reference_and_chains_models():
     for m in models:
         chained = ref_fusion(chained, np64(m))
     close(merge("arcee_fusion", [base, *models], base=base, base_index=0), chained, tol=0)
-
-
-def exact_fusion_mask(base: torch.Tensor, model: torch.Tensor) -> np.ndarray:
-    """Keep/drop decisions with the KL computed in 40-digit arithmetic from the float32 inputs."""
-    mpmath.mp.dps = 40
-    rows = []
-    for b_row, m_row in zip(base.double().tolist(), model.double().tolist()):
-        eb, em = [mpmath.exp(v) for v in b_row], [mpmath.exp(v) for v in m_row]
-        zb, zm = mpmath.fsum(eb), mpmath.fsum(em)
-        kl = mpmath.fsum((a / zm) * (mpmath.log(a / zm) - mpmath.log(c / zb)) for a, c in zip(em, eb))
-        rows.append([abs(mpmath.mpf(m) - mpmath.mpf(b)) * kl for m, b in zip(m_row, b_row)])
-    s = sorted(v for row in rows for v in row)
-    n = len(s)
-    threshold = s[(n - 1) // 2] + mpmath.mpf(1.5) * (s[3 * (n - 1) // 4] - s[(n - 1) // 4])
-    return np.array([[v >= threshold for v in row] for row in rows])
 
 
 def test_arcee_fusion_decisions_on_nearly_identical_rows_are_exact_where_float32_is_not():

@@ -16,7 +16,7 @@ import yaml
 
 from alloy.resources import shipped_folder
 from alloy.tiny import make_tiny_model, save_tiny_checkpoint
-from tests.test_search_space import space_dict, write_space
+from tests.spaces import space_dict, write_space
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "alloy", "evaluators", "search_spaces")

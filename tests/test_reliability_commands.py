@@ -100,7 +100,7 @@ def test_overwrite_refuses_parents_and_files_and_leaves_no_old_copy(tmp_path, pa
 
     child = tmp_path / "child"
     assert main(["merge", recipe, str(child), "--quiet"]) == 0
-    (tmp_path / f".child.old-99999").mkdir()                   # what a killed run left behind
+    (tmp_path / ".child.old-99999").mkdir()                   # what a killed run left behind
     assert main(["merge", recipe, str(child), "--overwrite", "--quiet"]) == 0
     assert (child / "model.safetensors").is_file()
     no_leftovers(tmp_path, "child")

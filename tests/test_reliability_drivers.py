@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_search_space import space_dict, write_space
+from tests.processes import descendants, gone, runs_ray
+from tests.spaces import space_dict, write_space
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -53,29 +53,6 @@ def finished_rows(out: Path) -> int:
     except (OSError, ValueError):
         return 0
     return sum(r["status"] in ("ok", "pruned", "failed") for r in rows if r["latest"])
-
-
-def descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def runs_ray(processes: list[psutil.Process]) -> bool:
-    """Whether `processes` hold an embedded Ray's raylet and its node agents."""
-    names = set()
-    for p in processes:
-        try:
-            names.add(p.name())
-        except psutil.NoSuchProcess:
-            pass
-    return any("Agent" in n for n in names) and any("raylet" in n for n in names)
-
-
-def gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
-    return alive
 
 
 def kill_group(proc: subprocess.Popen) -> None:

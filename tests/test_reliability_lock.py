@@ -91,7 +91,7 @@ def test_study_lease_refuses_a_second_driver_and_takes_over_stale_ones(tmp_path,
 
 def test_a_sweep_on_a_study_another_machine_drives_is_refused_before_anything_is_written(tmp_path):
     from alloy.search.sweep import run_sweep
-    from tests.test_search_space import write_space
+    from tests.spaces import write_space
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     elsewhere = Holder("gpu-node-7", 4242, time.time(), "x", time.time())
@@ -132,5 +132,5 @@ def test_embedded_ray_starts_take_turns_and_a_dead_holders_turn_ends(tmp_path, m
     assert holder.stdout.readline().strip() == "waiting" and holder.stdout.readline().strip() == "held"
     holder.kill()
     holder.wait()
-    with local_ray.start_lock():  # the killed holder's turn ended with it
-        pass
+    after = subprocess.run([sys.executable, "-c", START, str(lock)], capture_output=True, text=True, timeout=60)
+    assert after.returncode == 0 and after.stdout.splitlines()[0] == "waiting"  # the killed holder's turn ended with it

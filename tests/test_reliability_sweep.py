@@ -15,7 +15,7 @@ from alloy.cli import main
 from alloy.errors import AlloyError
 from alloy.search.records import SweepRecords
 from alloy.search.space import load_space
-from tests.test_search_space import space_dict, write_space
+from tests.spaces import space_dict, write_space
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -6,11 +6,9 @@ import hashlib
 import pytest
 import ray
 import torch
-import yaml
 
-from alloy.cli import main
 from alloy.errors import AlloyError
-from tests.parents import read_all, write_parents
+from tests.parents import disk_child, read_all, write_parents
 
 
 def recipes_for(p: list) -> list[dict]:
@@ -32,13 +30,6 @@ def recipes_for(p: list) -> list[dict]:
         {"merge_method": "dare_linear", "base_model": v3, "seed": 11, "parameters": {"density": 0.5},
          "models": [{"model": r1, "parameters": {"weight": 0.5}}, {"model": r2, "parameters": {"weight": 0.5}}]},
     ]
-
-
-def disk_child(tmp_path, recipe: dict, tag: str) -> dict[str, torch.Tensor]:
-    path = tmp_path / f"{tag}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    assert main(["merge", str(path), str(tmp_path / tag), "--quiet"]) == 0
-    return read_all(tmp_path / tag)
 
 
 def store_digest(sweep: str) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from alloy.workers.local_ray import start_lock
 from tests.parents import write_parents
-from tests.test_store import disk_child
+from tests.parents import disk_child
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from alloy.cli import main
 from alloy.errors import AlloyError
 from alloy.search.leaderboard import pareto_mask
 from alloy.search.space import load_space
-from tests.test_reliability_drivers import descendants, gone, runs_ray
-from tests.test_search_space import space_dict, write_space
+from tests.processes import descendants, gone, runs_ray
+from tests.spaces import space_dict, write_space
 
 REPO = Path(__file__).resolve().parents[1]
 State = optuna.trial.TrialState

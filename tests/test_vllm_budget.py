@@ -12,8 +12,8 @@ pytest.importorskip("vllm")
 
 from alloy.evaluation.lm import BudgetForcing, ThinkingHFLM  # noqa: E402
 from alloy.tiny import make_tiny_model, save_tiny_checkpoint  # noqa: E402
-from tests.test_budget_forcing import (EOS, THINK_END, THINK_START, chat_prompt, encode, generate,  # noqa: E402
-                                       script, scripted_model)
+from tests.scripted_models import (EOS, THINK_END, THINK_START, chat_prompt, encode, generate,  # noqa: E402
+                                   script, scripted_model)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
