@@ -17,6 +17,7 @@ from alloy.cli import main
 from alloy.errors import AlloyError
 from alloy.search.leaderboard import pareto_mask
 from alloy.search.space import load_space
+from alloy.workers.local_ray import stop_processes
 from tests.processes import descendants, gone, runs_ray
 from tests.spaces import space_dict, write_space
 
@@ -258,10 +259,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, sampler):
         driver.kill()  # the driver alone: its Ray processes are the reaper's to stop
         driver.wait()
         left = gone(ray_processes, timeout=60)
-        for p in left:
-            p.kill()
+        stop_processes(left)  # what the reaper failed to stop, so that no later test shares a machine with it
     assert before, (tmp_path / "first.log").read_text()[-3000:]
-    assert ray_was_up and not left, [(p.pid, p.name()) for p in left]
+    assert ray_was_up and not left, [p.pid for p in left]
 
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
