@@ -38,8 +38,9 @@ def tiny_tokenizer():
 def no_vllm_groups_from_an_earlier_module():
     """Each module starts without the parallel groups an earlier module's one-process vLLM engines left.
 
-    vLLM keeps them for the life of the process, and makes an expert-parallel group only for a MoE
-    model: a DeepSeek-V3 engine made after a dense one in the same process finds none and fails."""
+    vLLM keeps them while an engine of the process lives, and makes an expert-parallel group only for a
+    MoE model: a MoE engine made while an earlier module's dense engine is not yet collected would be
+    refused (`alloy.evaluation.vllm_lm.check_process_groups`)."""
     import sys
 
     state = sys.modules.get("vllm.distributed.parallel_state")

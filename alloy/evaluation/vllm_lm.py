@@ -17,10 +17,12 @@ cap is exact on both backends.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from lm_eval.api.model import TemplateLM
@@ -48,9 +50,36 @@ def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_le
     """
     for key, value in ONE_PROCESS_ENV.items():
         os.environ.setdefault(key, value)
+    check_process_groups(model)
     engine_args = {**cpu_engine_args(), **engine_args}
     return LLM(model=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
                distributed_executor_backend="uni", **engine_args)
+
+
+_EXPERT_COUNT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts")
+
+
+def check_process_groups(model: str) -> None:
+    """AlloyError when a one-process engine for the MoE model folder `model` cannot start in this
+    process: vLLM keeps one set of parallel groups per process, made by the first one-process engine
+    that is still alive, with an expert-parallel group only for a MoE model, so a MoE engine started
+    beside a live dense one fails deep in vLLM. Once the dense engine is freed, the groups go with it."""
+    from vllm.distributed import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return
+    try:
+        parallel_state.get_ep_group()
+        return
+    except AssertionError:  # the groups of a dense model
+        pass
+    config_file = Path(model) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if any(config.get(key) for key in _EXPERT_COUNT_KEYS):
+        raise AlloyError(f"{model} is a mixture-of-experts model, and a one-process vLLM engine for a dense model "
+                         f"is still alive in this process: vLLM keeps one set of parallel groups per process, "
+                         f"without the expert-parallel group this model needs. Delete that engine first (and "
+                         f"gc.collect()), or start this one in another process")
 
 
 @contextmanager
