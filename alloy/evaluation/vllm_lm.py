@@ -77,9 +77,9 @@ def check_process_groups(model: str) -> None:
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     if any(config.get(key) for key in _EXPERT_COUNT_KEYS):
         raise AlloyError(f"{model} is a mixture-of-experts model, and a one-process vLLM engine for a dense model "
-                         f"is still alive in this process: vLLM keeps one set of parallel groups per process, "
-                         f"without the expert-parallel group this model needs. Delete that engine first (and "
-                         f"gc.collect()), or start this one in another process")
+                         "is still alive in this process: vLLM keeps one set of parallel groups per process, "
+                         "without the expert-parallel group this model needs. Delete that engine first (and "
+                         "gc.collect()), or start this one in another process")
 
 
 @contextmanager
