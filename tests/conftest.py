@@ -39,8 +39,9 @@ def no_vllm_groups_from_an_earlier_module():
     """Each module starts without the parallel groups an earlier module's one-process vLLM engines left.
 
     vLLM keeps them while an engine of the process lives, and makes an expert-parallel group only for a
-    MoE model: a MoE engine made while an earlier module's dense engine is not yet collected would be
-    refused (`alloy.evaluation.vllm_lm.check_process_groups`)."""
+    MoE model: a MoE engine made while an earlier module's dense engine is still alive would be refused
+    (`alloy.evaluation.vllm_lm.check_process_groups`). `gc.collect()` is not enough: the vLLM teacher's
+    engine of tests/test_traces.py outlives its test."""
     import sys
 
     state = sys.modules.get("vllm.distributed.parallel_state")
