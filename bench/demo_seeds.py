@@ -4,8 +4,9 @@
 
 Each seed gets its own folder (`DIR/seed-N`, reused when present, like `alloy demo`): its own data,
 backbone, experts and sweep. Prints, per seed, the best merge's combined score and each expert's with
-their intervals, whether the merge beats every expert beyond them, and the wall time of that seed
-with the machine's load average, then how many seeds the thesis held on.
+their intervals, the paired gap to each expert with its interval, whether the merge beats every expert
+beyond them, and the wall time of that seed with the machine's load average, then how many seeds the
+thesis held on.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def main() -> int:
         experts = ", ".join(f"{label} {c.render()}" for label, c in sorted(verdict.experts.items()))
         print(f"{seed:<5} trial {verdict.best_trial}: {best:<24} {experts}  "
               f"{'yes' if verdict.beats_every_expert else 'NO'}  {seconds:.0f}s (load {load:.1f})")
+        if verdict.gaps:
+            gaps = ", ".join(f"{label} {c.render()}" for label, c in sorted(verdict.gaps.items()))
+            print(f"{'':5} merge − expert on the same questions: {gaps}")
     held = sum(v.beats_every_expert for _, v, _, _ in results)
     print(f"the best merge beats every expert beyond the intervals on {held} of {len(results)} seeds")
     return 0

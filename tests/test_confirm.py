@@ -47,6 +47,43 @@ def write_board(space, folder, rows) -> SweepRecords:
     return records
 
 
+
+def test_a_lead_on_the_same_questions_is_tested_paired(tmp_path):
+    """With per-question values the lead is judged on the paired gap: 26 against 20 of 40 right is
+    within the two intervals side by side, but beyond the paired interval when the winner also answers
+    every question the parent answers, and not when it wins 13 and loses 7."""
+    from alloy.evaluation.intervals import wilson
+
+    space = load_space(write_space(tmp_path, space_dict()))
+
+    def scored(questions, reference=None):
+        lo, hi = wilson(sum(questions), len(questions))
+        return {METRIC: sum(questions) / len(questions), f"{METRIC}.lo": lo, f"{METRIC}.hi": hi,
+                f"{METRIC}.questions": questions, "reference": reference}
+
+    parent = scored([1.0] * 20 + [0.0] * 20, "parent:A")
+    consistent = scored([1.0] * 26 + [0.0] * 14)
+    noisy = scored([0.0] * 7 + [1.0] * 26 + [0.0] * 7)
+    assert consistent[f"{METRIC}.lo"] < parent[f"{METRIC}.hi"]
+    assert leads_beyond_intervals(space, consistent, parent) and not leads_beyond_intervals(space, noisy, parent)
+    unpaired = {k: v for k, v in consistent.items() if not k.endswith(".questions")}
+    assert not leads_beyond_intervals(space, unpaired, parent)  # without them: the separate intervals
+    rows = [dict(parent), dict(consistent)]
+    decide_best(space, rows)
+    assert rows[1]["best"] and rows[1]["clear_lead"] is True
+    write_board(space, tmp_path, [
+        {**board_row(space, 0, point([1, 0, 0], [1, 0, 0], 0.01), 0.5), **rows[0], "rung": 3, "n_samples": 40},
+        {**board_row(space, 1, point([0.2, 0.5, 0.3], [0.1, 0.1, 0.8], 0.01), 0.65), **rows[1], "rung": 3,
+         "n_samples": 40}])
+    table = read_leaderboard(tmp_path / "leaderboard.parquet")
+    assert table.column(f"{METRIC}.questions").to_pylist() == [parent[f"{METRIC}.questions"],
+                                                               consistent[f"{METRIC}.questions"]]
+    text = render_board(select_rows(table), table)
+    assert "*" in text.splitlines()[1].split() and "within the 95% intervals" not in text
+    with pytest.raises(AlloyError, match="per-question values; sort by the score"):
+        select_rows(table, sort=f"{METRIC}.questions")
+
+
 # --------------------------------------------------------------------------------------------------
 def test_confirmation_rung_changes_a_lucky_winner(tmp_path, capsys):
     data = space_dict()

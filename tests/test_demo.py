@@ -30,10 +30,15 @@ def test_demo_pipeline_small(tmp_path, capfd):
     ok = [r for r in rows if r["status"] == "ok" and r["n_samples"] == 4]
     assert ok and all(r["aime24/exact_match.lo"] <= r["aime24/exact_match"] <= r["aime24/exact_match.hi"]
                       for r in ok)
+    # each row keeps its per-question values (worker → Tune → study → Parquet), which the verdict pairs
+    assert all(len(r["aime24/exact_match.questions"]) == 4 and
+               sum(r["aime24/exact_match.questions"]) / 4 == pytest.approx(r["aime24/exact_match"]) for r in ok)
     confirmed = {r["trial"] for r in rows if r["rung"] == 2 and r["status"] == "ok"}  # rung 2: the confirmation
     assert verdict.best_trial in confirmed and {0, 1, 2} <= confirmed  # the experts are trials 0-2
     assert set(verdict.experts) == {"math", "science", "code"}
     assert all(e.lo <= e.score <= e.hi for e in verdict.experts.values())
+    assert set(verdict.gaps) == {"math", "science", "code"}
+    assert all(g.lo <= g.score <= g.hi for g in verdict.gaps.values())
     assert (out / "sweep" / "report.html").is_file()
     assert "[" in (out / "sweep" / "report.html").read_text()
 
@@ -88,6 +93,12 @@ def test_verdict_says_beats_only_beyond_the_intervals():
     assert not DemoVerdict(None, None, experts).beats_every_expert
     alone = DemoVerdict(7, Combined(0.60, 0.52, 0.68), {})
     assert not alone.beats_every_expert and "no expert alone was scored" in alone.render()
+    # with paired gaps (rows that kept their per-question values) the gaps decide
+    paired = DemoVerdict(7, Combined(0.50, 0.43, 0.57), experts,
+                         {"math": Combined(0.10, 0.02, 0.18), "code": Combined(0.15, -0.01, 0.30)})
+    assert paired.beats("math") and not paired.beats("code") and not paired.beats_every_expert
+    assert "leads by 0.100 [0.020, 0.180] on the same questions: beyond" in paired.render()
+    assert "within the interval" in paired.render()
 
 
 def test_shipped_demo_space_parses():

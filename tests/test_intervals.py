@@ -1,10 +1,10 @@
-"""Score intervals: Wilson on known binomial data, bootstrap on repeated samples."""
+"""Score intervals: Wilson on known binomial data, bootstrap on repeated samples, paired gaps."""
 import math
 import random
 
 import pytest
 
-from alloy.evaluation.intervals import bootstrap, score_interval, wilson
+from alloy.evaluation.intervals import bootstrap, paired_gap, score_interval, wilson
 
 
 def test_wilson_matches_known_values():
@@ -43,3 +43,38 @@ def test_score_interval_picks_wilson_for_single_binary_answers():
     lo, hi = score_interval([0.5] * 10 + [1.0] * 10, repeats=2)
     assert 0.5 <= lo < 0.75 < hi <= 1.0
     assert math.isclose(score_interval([0.0, 1.0], repeats=4)[0], 0.0)
+
+
+def test_paired_gap_tells_a_consistent_lead_from_a_noisy_one():
+    """Two leads of 6 questions in 40, both within the two Wilson intervals side by side: the merge that
+    also answers every question the expert answers leads beyond the paired interval; the one that wins
+    13 and loses 7 does not."""
+    expert = [1.0] * 20 + [0.0] * 20
+    consistent = [1.0] * 26 + [0.0] * 14
+    noisy = [0.0] * 7 + [1.0] * 13 + [1.0] * 13 + [0.0] * 7
+    assert sum(consistent) == sum(noisy) == 26
+    assert wilson(26, 40)[0] < wilson(20, 40)[1]  # the separate intervals overlap
+    gap, lo, hi = paired_gap([(consistent, expert)])
+    assert gap == pytest.approx(0.15) and 0.0 < lo < 0.15 < hi
+    gap, lo, hi = paired_gap([(noisy, expert)])
+    assert gap == pytest.approx(0.15) and lo < 0.0 < 0.15 < hi
+    assert paired_gap([(expert, expert)]) == (0.0, 0.0, 0.0)
+    assert paired_gap([(consistent, expert)], seed=5) == paired_gap([(consistent, expert)], seed=5)
+
+
+def test_paired_gap_averages_tasks_and_covers_at_its_level():
+    gap, lo, hi = paired_gap([([1.0] * 10, [0.0] * 10), ([0.0] * 30, [0.0] * 30)])
+    assert (gap, lo, hi) == (0.5, 0.5, 0.5)  # no spread: the mean of a gap of 1 and a gap of 0
+    rng = random.Random(2)
+    covered, trials = 0, 300
+    for _ in range(trials):  # two candidates right with probability 0.6 and 0.5, correlated per question
+        hard = [rng.random() for _ in range(60)]
+        a = [float(h < 0.6) for h in hard]
+        b = [float(h < 0.5) if rng.random() < 0.8 else float(rng.random() < 0.5) for h in hard]
+        _, lo, hi = paired_gap([(a, b)], seed=rng.randrange(10**6))
+        covered += lo <= 0.1 <= hi
+    assert 0.90 <= covered / trials <= 0.99
+    with pytest.raises(ValueError, match="same, non-zero number of questions"):
+        paired_gap([([1.0, 0.0], [1.0])])
+    with pytest.raises(ValueError, match="at least one task"):
+        paired_gap([])

@@ -59,6 +59,11 @@ def test_harness_aggregates_pass_at_k_over_questions_with_bootstrap_intervals():
     assert task.scores["avg@10"] == pytest.approx(sum(correct_counts) / 60) == task.scores["exact_match"]
     flat = result.metrics()
     assert flat["aime24/pass@5"] == task.scores["pass@5"] and "aime24/pass@5.lo" in flat and "aime24/avg@10.hi" in flat
+    # the per-question values the intervals are taken over, by document id
+    assert flat["aime24/pass@5.questions"] == [pass_at_k(10, c, 5) for c in correct_counts]
+    assert flat["aime24/avg@10.questions"] == flat["aime24/exact_match.questions"] == [c / 10 for c in correct_counts]
+    shuffled = summarize({"aime24": rows[::-1]}, repeats=10, config={}, log_samples=False).metrics()
+    assert shuffled["aime24/pass@5.questions"] == flat["aime24/pass@5.questions"]
 
 
 def test_harness_reports_no_pass_at_k_beyond_the_repeats():

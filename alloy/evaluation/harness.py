@@ -206,7 +206,9 @@ class TaskResult:
     """Scores and token statistics of one task over the scored documents and repeats.
 
     `intervals` holds a 95% interval (lo, hi) per score, over questions
-    (alloy.evaluation.intervals.score_interval).
+    (alloy.evaluation.intervals.score_interval), and `questions` the per-question values it is taken
+    over (each the mean over the repeats), by document id: what paired comparisons of two candidates
+    on the same questions resample.
     """
 
     task: str
@@ -217,11 +219,13 @@ class TaskResult:
     thinking_tokens: TokenStats
     samples: list[SampleRecord] | None = None
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    questions: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable copy (samples only when they were logged)."""
         out = {"task": self.task, "scores": dict(self.scores),
-               "intervals": {m: list(v) for m, v in self.intervals.items()}, "n_samples": self.n_samples,
+               "intervals": {m: list(v) for m, v in self.intervals.items()},
+               "questions": {m: list(v) for m, v in self.questions.items()}, "n_samples": self.n_samples,
                "repeats": self.repeats, "output_tokens": asdict(self.output_tokens),
                "thinking_tokens": asdict(self.thinking_tokens)}
         if self.samples is not None:
@@ -239,16 +243,19 @@ class EvalResult:
     config: dict[str, Any]
 
     def metrics(self) -> dict[str, float]:
-        """A flat view: "task/metric" scores with their intervals ("task/metric.lo", ".hi"),
-        "task/n_samples" (the questions scored), "task/output_tokens_mean" (and median, p90, thinking),
-        and pooled "output_tokens_mean", "output_tokens_p90", "thinking_tokens_mean"."""
-        flat: dict[str, float] = {}
+        """A flat view: "task/metric" scores with their intervals ("task/metric.lo", ".hi") and
+        per-question values ("task/metric.questions", a list), "task/n_samples" (the questions scored),
+        "task/output_tokens_mean" (and median, p90, thinking), and pooled "output_tokens_mean",
+        "output_tokens_p90", "thinking_tokens_mean"."""
+        flat: dict[str, Any] = {}
         for name, result in self.tasks.items():
             flat[f"{name}/n_samples"] = result.n_samples
             for metric, value in result.scores.items():
                 flat[f"{name}/{metric}"] = value
                 if metric in result.intervals:
                     flat[f"{name}/{metric}.lo"], flat[f"{name}/{metric}.hi"] = result.intervals[metric]
+                if metric in result.questions:
+                    flat[f"{name}/{metric}.questions"] = list(result.questions[metric])
             for kind, stats in (("output_tokens", result.output_tokens), ("thinking_tokens", result.thinking_tokens)):
                 flat[f"{name}/{kind}_mean"] = stats.mean
                 flat[f"{name}/{kind}_median"] = stats.median
@@ -277,12 +284,13 @@ def summarize(records: Mapping[str, Sequence[SampleRecord]], repeats: int, confi
             for metric, value in row.metrics.items():
                 values[metric].append(value)
                 per_question[metric][row.doc_id].append(value)
-        intervals = {metric: score_interval([statistics.fmean(v) for v in by_doc.values()], repeats)
+        questions = {metric: [float(statistics.fmean(by_doc[doc])) for doc in sorted(by_doc)]
                      for metric, by_doc in per_question.items()}
+        intervals = {metric: score_interval(v, repeats) for metric, v in questions.items()}
         scores = {metric: float(statistics.fmean(v)) for metric, v in values.items()}
-        _add_repeat_scores(rows, repeats, scores, intervals)
+        _add_repeat_scores(rows, repeats, scores, intervals, questions)
         tasks[name] = TaskResult(
-            task=name, scores=scores, intervals=intervals,
+            task=name, scores=scores, intervals=intervals, questions=questions,
             n_samples=len({row.doc_id for row in rows}), repeats=repeats,
             output_tokens=TokenStats.of([row.output_tokens for row in rows]),
             thinking_tokens=TokenStats.of([row.thinking_tokens for row in rows]),
@@ -293,25 +301,30 @@ def summarize(records: Mapping[str, Sequence[SampleRecord]], repeats: int, confi
 
 
 def _add_repeat_scores(rows: Sequence[SampleRecord], repeats: int, scores: dict[str, float],
-                       intervals: dict[str, tuple[float, float]]) -> None:
-    """avg@n and pass@k (k <= n) of one task from its samples' correctness, unless a metric of
-    that name is already a per-sample metric (livecodebench's pass@1)."""
+                       intervals: dict[str, tuple[float, float]], questions: dict[str, list[float]]) -> None:
+    """avg@n and pass@k (k <= n) of one task from its samples' correctness, with their intervals and
+    per-question values, unless a metric of that name is already a per-sample metric (livecodebench's
+    pass@1)."""
     correct: dict[int, list[bool]] = defaultdict(list)
     for row in rows:
         if row.correct is not None:
             correct[row.doc_id].append(row.correct)
     if not correct:
         return
-    average = [sum(flags) / len(flags) for flags in correct.values()]
-    scores.setdefault(f"avg@{repeats}", float(statistics.fmean(average)))
-    intervals.setdefault(f"avg@{repeats}", score_interval(average, repeats))
+    by_doc = [correct[doc] for doc in sorted(correct)]
+    average = [sum(flags) / len(flags) for flags in by_doc]
+    if f"avg@{repeats}" not in scores:
+        scores[f"avg@{repeats}"] = float(statistics.fmean(average))
+        intervals[f"avg@{repeats}"] = score_interval(average, repeats)
+        questions[f"avg@{repeats}"] = average
     for k in PASS_KS:
         metric = f"pass@{k}"
         if k > repeats or metric in scores:
             continue
-        per_question = [pass_at_k(len(flags), sum(flags), k) for flags in correct.values()]
+        per_question = [pass_at_k(len(flags), sum(flags), k) for flags in by_doc]
         scores[metric] = float(statistics.fmean(per_question))
         intervals[metric] = score_interval(per_question, repeats) if k == 1 else bootstrap(per_question)
+        questions[metric] = per_question
 
 
 class RungEvaluator:

@@ -4,6 +4,11 @@ A score is the mean over questions of a per-question value (the mean over its re
 repeat and 0/1 values it is a proportion, and `wilson` gives its interval; otherwise (repeats,
 partial credit, pass@k) `bootstrap` resamples questions. `score_interval` picks between them.
 Intervals are 95% by default and always lie inside [min, max] of the values' range.
+
+Two candidates scored on the same questions are compared by `paired_gap`: the interval of the mean
+per-question difference, resampling questions with the same draw for both. Questions that are hard
+for one candidate are mostly hard for the other, so this interval is narrower than two separate
+intervals side by side, and it is the one that says whether a lead is beyond the noise.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import math
 import random
 from statistics import NormalDist
 from typing import Sequence
+
+import numpy as np
 
 
 def _z(level: float) -> float:
@@ -62,3 +69,29 @@ def score_interval(per_question: Sequence[float], repeats: int = 1, level: float
     if repeats == 1 and binary:
         return wilson(sum(per_question), len(per_question), level)
     return bootstrap(per_question, level=level, seed=seed)
+
+
+def paired_gap(tasks: Sequence[tuple[Sequence[float], Sequence[float]]], level: float = 0.95,
+               resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The mean over tasks of each task's mean per-question gap a − b, with its percentile bootstrap
+    interval: (gap, lo, hi).
+
+    Each task is a pair (a, b) of per-question values of two candidates on the same questions, in the
+    same order. Every resample draws each task's questions with replacement, the same draw for a and b.
+    """
+    if not tasks:
+        raise ValueError("paired_gap needs at least one task")
+    _z(level)  # rejects a level outside (0, 1)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(resamples)
+    gap = 0.0
+    for a, b in tasks:
+        if len(a) != len(b) or not len(a):
+            raise ValueError(f"paired values need the same, non-zero number of questions; got {len(a)} and {len(b)}")
+        diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+        gap += float(diff.mean())
+        total += diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    total /= len(tasks)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(total, [tail, 1.0 - tail])
+    return gap / len(tasks), float(lo), float(hi)

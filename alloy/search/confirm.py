@@ -14,9 +14,11 @@ rung (`rung == len(evaluation.rungs)`; `n_samples` the questions scored), and:
 
 - `best` marks the Pareto front of the confirmed rows (a parent can win: then no merge beat it);
 - `clear_lead` (on best rows that are not a parent) says whether, against every confirmed parent, the
-  winner is better beyond the 95% intervals on at least one score objective (its interval lies wholly
-  above, or below for a minimized objective, the parent's). `alloy board` marks a winner without a
-  clear lead `~`.
+  winner is better beyond the uncertainty on at least one score objective. Both were scored on the same
+  questions, so where both rows hold their per-question values the test is paired: the 95% interval of
+  the mean per-question gap (`alloy.evaluation.intervals.paired_gap`) lies wholly above 0 (below, for a
+  minimized objective). Without them (a runner that gives only intervals) the winner's interval must lie
+  wholly above (below) the parent's. `alloy board` marks a winner without a clear lead `~`.
 
 The confirmation runs in the driver after Tune finishes, with the same runner and result cache as the
 trials, so a resumed sweep re-runs it from the cache.
@@ -32,10 +34,10 @@ from typing import Any, Mapping, Sequence
 
 from alloy.logs import say
 from alloy.search.cache import ResultCache
-from alloy.search.leaderboard import FILENAME, Leaderboard, interval_columns, pareto_mask
+from alloy.search.leaderboard import FILENAME, Leaderboard, paired_row_gap, pareto_mask, result_columns
 from alloy.search.records import SweepRecords
 from alloy.search.runner import make_runner
-from alloy.search.space import TOKEN_METRICS, SearchSpace, is_token_metric, samples_answers
+from alloy.search.space import SearchSpace, is_token_metric, samples_answers
 
 
 def confirmation_rung(space: SearchSpace) -> int:
@@ -111,13 +113,13 @@ def confirm_sweep(space: SearchSpace, out: str | Path, records: SweepRecords) ->
     if repeats is None:  # new draws are new answers even on the questions the search saw
         _warn_without_new_questions(space, [metrics for metrics, _ in results])
     rung = confirmation_rung(space)
-    keys = (*space.metrics, *interval_columns(space.metrics), *TOKEN_METRICS, "merge_s", "eval_s")
     confirmed = []
     for row, (metrics, cached) in zip(candidates, results):
-        new = {k: v for k, v in row.items() if k not in (*keys, "latest", "pareto", "best", "clear_lead")}
+        scores = result_columns(space.metrics, metrics)
+        new = {k: v for k, v in row.items() if k not in (*scores, "latest", "pareto", "best", "clear_lead")}
         new.update(rung=rung, n_samples=questions_scored(metrics, n), cached=cached, status="ok", error=None,
                    finished_at=time.time())
-        new.update({k: None if metrics.get(k) is None else float(metrics[k]) for k in keys})
+        new.update(scores)
         confirmed.append(new)
     decide_best(space, confirmed)
     for row in confirmed:
@@ -175,9 +177,16 @@ def decide_best(space: SearchSpace, rows: Sequence[dict]) -> None:
 
 
 def leads_beyond_intervals(space: SearchSpace, winner: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
-    """Whether `winner` beats `other` on some score objective by more than their 95% intervals."""
+    """Whether `winner` beats `other` on some score objective beyond the 95% uncertainty: the paired
+    interval of their per-question gap, or without per-question values their two intervals (see the
+    module doc)."""
     for o in space.objectives:
         if is_token_metric(o.metric):
+            continue
+        gap = paired_row_gap(winner, other, [o.metric])
+        if gap is not None:
+            if (o.direction == "maximize" and gap[1] > 0) or (o.direction == "minimize" and gap[2] < 0):
+                return True
             continue
         w_lo, w_hi = winner.get(f"{o.metric}.lo"), winner.get(f"{o.metric}.hi")
         p_lo, p_hi = other.get(f"{o.metric}.lo"), other.get(f"{o.metric}.hi")

@@ -5,7 +5,9 @@ JSON), `status`, `error`, `rung` (0-based), `n_samples`, `latest` (the trial's l
 (scores reused from an identical recipe), `reference` (`parent:LABEL` / `uniform` for starting points),
 one column per objective named as in the search space and, for each score objective, its 95%
 interval `METRIC.lo` / `METRIC.hi` (Wilson for proportions, a bootstrap over questions otherwise: see
-alloy.evaluation.intervals), the output-token statistics, `merge_s`, `eval_s`, `finished_at` (unix
+alloy.evaluation.intervals) and its per-question values `METRIC.questions` (a list by document id, each
+the mean over the repeats; what a paired comparison of two rows on the same questions resamples; null
+from a runner that does not give them), the output-token statistics, `merge_s`, `eval_s`, `finished_at` (unix
 seconds), `pareto`, `best` and `clear_lead` (set by the confirmation, alloy.search.confirm), and one
 `param.NAME` column per free coefficient.
 
@@ -33,12 +35,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from alloy.errors import AlloyError
+from alloy.evaluation.intervals import paired_gap
 from alloy.search.space import TOKEN_METRICS
 
 FILENAME = "leaderboard.parquet"
 STATUSES = ("ok", "pruned", "failed", "running")
 PARAM_PREFIX = "param."
 INTERVAL_SUFFIXES = (".lo", ".hi")  # a score's 95% interval: `aime24/exact_match.lo`, `.hi`
+QUESTIONS_SUFFIX = ".questions"  # a score's per-question values: `aime24/exact_match.questions`
 _META_KEY = b"alloy.leaderboard"
 _BASE_COLUMNS = ("trial", "trial_id", "recipe_hash", "recipe", "status", "error", "rung", "n_samples", "latest",
                  "cached", "reference")
@@ -50,6 +54,26 @@ def interval_columns(metrics: Sequence[str]) -> list[str]:
     from alloy.search.space import is_token_metric
 
     return [m + end for m in metrics if not is_token_metric(m) for end in INTERVAL_SUFFIXES]
+
+
+def question_columns(metrics: Sequence[str]) -> list[str]:
+    """The per-question columns (`METRIC.questions`) of the score objectives among `metrics`."""
+    from alloy.search.space import is_token_metric
+
+    return [m + QUESTIONS_SUFFIX for m in metrics if not is_token_metric(m)]
+
+
+def result_columns(metrics: Sequence[str], result: Mapping[str, Any]) -> dict[str, Any]:
+    """The leaderboard columns of one evaluation's result: the objectives `metrics`, their intervals and
+    per-question values, the token statistics, `merge_s` and `eval_s` (None where the result lacks one)."""
+    row: dict[str, Any] = {}
+    for key in (*metrics, *interval_columns(metrics), *TOKEN_METRICS, "merge_s", "eval_s"):
+        value = result.get(key)
+        row[key] = None if value is None else float(value)
+    for key in question_columns(metrics):
+        values = result.get(key)
+        row[key] = None if values is None else [float(v) for v in values]
+    return row
 
 
 def pareto_mask(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
@@ -147,8 +171,9 @@ class Leaderboard:
         rows = self.rows()
         params = sorted({k for r in rows for k in r if k.startswith(PARAM_PREFIX)})
         intervals = interval_columns(self.metrics)
+        questions = question_columns(self.metrics)
         columns = [*_BASE_COLUMNS, *[m for m in self.metrics if m not in _TAIL_COLUMNS], *intervals, *_TAIL_COLUMNS,
-                   *params]
+                   *params, *questions]
         data = {c: [r.get(c) for r in rows] for c in columns}
         types = {"trial": pa.int64(), "rung": pa.int64(), "n_samples": pa.int64(), "latest": pa.bool_(),
                  "cached": pa.bool_(), "pareto": pa.bool_(), "best": pa.bool_(), "clear_lead": pa.bool_(),
@@ -157,6 +182,8 @@ class Leaderboard:
             types[c] = pa.string()
         for c in (*self.metrics, *intervals, *TOKEN_METRICS, "merge_s", "eval_s"):
             types[c] = pa.float64()
+        for c in questions:
+            types[c] = pa.list_(pa.float64())
         arrays = []
         for c in columns:
             if c in types:
@@ -206,6 +233,17 @@ def combined_score(row: Mapping[str, Any], metrics: Sequence[str]) -> float | No
     if not values or any(v is None or math.isnan(v) for v in values):
         return None
     return sum(values) / len(values)
+
+
+def paired_row_gap(a: Mapping[str, Any], b: Mapping[str, Any],
+                   metrics: Sequence[str]) -> tuple[float, float, float] | None:
+    """The mean over `metrics` of row a's score minus row b's, with its paired 95% interval (gap, lo, hi),
+    from both rows' per-question values (`METRIC.questions`); None when a row lacks them for some metric
+    or the two were scored on different numbers of questions."""
+    pairs = [(a.get(m + QUESTIONS_SUFFIX), b.get(m + QUESTIONS_SUFFIX)) for m in metrics]
+    if not pairs or any(x is None or y is None or len(x) != len(y) or not len(x) for x, y in pairs):
+        return None
+    return paired_gap(pairs)
 
 
 def leaderboard_path(sweep: str | Path) -> Path:
@@ -260,6 +298,9 @@ def select_rows(table: Any, top: int | None = None, pareto_only: bool = False, s
     sort = sort or meta["objectives"][0]["metric"]
     if sort not in table.column_names:
         raise AlloyError(f"--sort {sort}: no such leaderboard column; columns are {table.column_names}")
+    if sort.endswith(QUESTIONS_SUFFIX):
+        raise AlloyError(f"--sort {sort}: a column of per-question values; sort by the score "
+                         f"{sort.removesuffix(QUESTIONS_SUFFIX)} instead")
     rows = [r for r in table.to_pylist() if all_rungs or r["latest"]]
     if pareto_only:
         rows = [r for r in rows if r["pareto"]]

@@ -47,14 +47,14 @@ from alloy.logs import LOG_FILE, say
 from alloy.errors import AlloyError
 from alloy.search.cache import ResultCache
 from alloy.search.confirm import confirm_sweep
-from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, interval_columns, rebuild_leaderboard
+from alloy.search.leaderboard import FILENAME, PARAM_PREFIX, Leaderboard, rebuild_leaderboard, result_columns
 from alloy.workers.local_ray import ray_session
 from alloy.search.lock import LOCK_FILE, StudyLease, driver_lock
 from alloy.search.records import META_FILE, SweepRecords, open_records, open_storage, read_meta
 from alloy.search.runner import (DEFAULT_PLACEMENT_TIMEOUT_S, check_host, check_runner, make_runner,
                                  prepare_runner, teardown_runner)
 from alloy.search.samplers import reported_scalar, study_target
-from alloy.search.space import TOKEN_METRICS, SearchSpace, load_space
+from alloy.search.space import SearchSpace, load_space
 from alloy.search.warm_start import warm_start_points
 
 SPACE_FILE = "space.yaml"
@@ -454,9 +454,7 @@ class SweepProgress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial, result["rung"], "running")
         row.update(n_samples=result["n_samples"], cached=bool(result.get("cached")))
-        for key in (*self.space.metrics, *interval_columns(self.space.metrics), *TOKEN_METRICS, "merge_s", "eval_s"):
-            value = result.get(key)
-            row[key] = None if value is None else float(value)
+        row.update(result_columns(self.space.metrics, result))
         self._records.put(row)
         self._write_view()
         self._print(row, f"rung {row['rung'] + 1}/{len(self.space.evaluation.rungs)} n={row['n_samples']}"
