@@ -1,6 +1,7 @@
 """Shared fixtures: real benchmark data, and tiny parent checkpoints of real architectures on disk."""
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -35,19 +36,12 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(autouse=True, scope="module")
-def no_vllm_groups_from_an_earlier_module():
-    """Each module starts without the parallel groups an earlier module's one-process vLLM engines left.
-
-    vLLM keeps them while an engine of the process lives, and makes an expert-parallel group only for a
-    MoE model: a MoE engine made while an earlier module's dense engine is still alive would be refused
-    (`alloy.evaluation.vllm_lm.check_process_groups`). `gc.collect()` is not enough: the vLLM teacher's
-    engine of tests/test_traces.py outlives its test."""
-    import sys
-
-    state = sys.modules.get("vllm.distributed.parallel_state")
-    if state is not None and state.model_parallel_is_initialized():
-        state.destroy_model_parallel()
-        state.destroy_distributed_environment()
+def no_vllm_engines_from_an_earlier_module():
+    """Each module starts with the one-process vLLM engines of earlier modules collected: vLLM keeps a
+    process's parallel groups while one of its engines lives, and a MoE engine beside a live dense
+    one is refused (`alloy.evaluation.vllm_lm.check_process_groups`). An earlier module's engines
+    held in module fixtures or reference cycles are only freed by a collection."""
+    gc.collect()
     yield
 
 

@@ -1,15 +1,15 @@
-"""The processes a driver leaves: its descendants, whether they hold an embedded Ray, which outlive a wait."""
+"""The processes a driver leaves: its descendants (`alloy.workers.local_ray.descendants`), whether they hold
+an embedded Ray, which outlive a wait."""
 from __future__ import annotations
 
 import psutil
 
+from alloy.workers import local_ray
+
 
 def descendants(pid: int) -> list[psutil.Process]:
     """Every process below `pid` (none once it is gone)."""
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+    return list(local_ray.descendants(pid).values())
 
 
 def runs_ray(processes: list[psutil.Process]) -> bool:

@@ -148,22 +148,17 @@ class VLLMTeacher:
     def __init__(self, model_dir: Path, settings: SamplingSettings, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9):
         from transformers import AutoConfig, AutoTokenizer
-        from vllm import LLM
 
         from alloy.evaluation.lm import ThinkingDelimiters
-        from alloy.evaluation.vllm_lm import HOST_ENGINE_ENV, cpu_engine_args
-
-        for key, value in HOST_ENGINE_ENV.items():
-            os.environ.setdefault(key, value)
+        from alloy.evaluation.vllm_lm import host_engine
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.delimiters = ThinkingDelimiters.from_tokenizer(self.tokenizer)
         self.settings = settings
         # the checkpoint's own dtype, as the HF teacher loads it (vLLM's "auto" would run float32 in half precision)
         dtype = str(getattr(AutoConfig.from_pretrained(model_dir, local_files_only=True), "dtype", None) or "auto")
-        self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size, seed=settings.seed,
-                       dtype=dtype.removeprefix("torch."), gpu_memory_utilization=gpu_memory_utilization,
-                       **cpu_engine_args())
+        self.llm = host_engine(str(model_dir), tensor_parallel_size=tensor_parallel_size, seed=settings.seed,
+                               dtype=dtype.removeprefix("torch."), gpu_memory_utilization=gpu_memory_utilization)
 
     def generate(self, prompts: list[str], k: int) -> list[list[Completion]]:
         from alloy.evaluation.lm import ThinkingTracker, generation_record

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,18 +43,48 @@ HOST_ENGINE_ENV = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 ONE_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **HOST_ENGINE_ENV}
 
 
+def host_engine(model: str, **engine_args: Any) -> LLM:
+    """A vLLM engine for the model folder `model` on this host: `HOST_ENGINE_ENV` where the environment
+    does not say otherwise, the CPU build's engine arguments (`cpu_engine_args`), and the check of the
+    process's parallel groups (`check_process_groups`). `engine_args` go to `LLM`.
+
+    """
+    for key, value in HOST_ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+    check_process_groups(model)
+    llm = LLM(model=model, **{**cpu_engine_args(), **engine_args})
+    release_import_frames()
+    return llm
+
+
+def release_import_frames() -> None:
+    """Let go of the stack that first imported vLLM's multimodal modules.
+
+    vLLM 0.32 keeps the exception of its failed optional `torchcodec` import (alloy's install removes
+    the CUDA-linked torchcodec) in `vllm.multimodal.media.audio._torchcodec_import_exc`. Its traceback
+    holds every frame that was on the stack at that import, with their locals: an object whose method
+    first imported vLLM, or started the first engine, was never collected, nor its engine, nor the
+    parallel groups of a one-process engine. Dropping the tracebacks (vLLM only re-raises the error's
+    message) releases them."""
+    exc = getattr(sys.modules.get("vllm.multimodal.media.audio"), "_torchcodec_import_exc", None)
+    while exc is not None:
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
+release_import_frames()  # the stack that imports this module (`from vllm import LLM` imports them)
+
+
 def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
                  **engine_args: Any) -> LLM:
-    """A vLLM engine in this process (uni executor) for the model folder `model`.
+    """A vLLM engine in this process (uni executor) for the model folder `model` (`host_engine`).
 
     `engine_args` go to `LLM` (e.g. `load_format="dummy"`, `worker_extension_cls`).
     """
     for key, value in ONE_PROCESS_ENV.items():
         os.environ.setdefault(key, value)
-    check_process_groups(model)
-    engine_args = {**cpu_engine_args(), **engine_args}
-    return LLM(model=model, dtype=dtype, seed=seed, max_model_len=max_model_len,
-               distributed_executor_backend="uni", **engine_args)
+    return host_engine(model, dtype=dtype, seed=seed, max_model_len=max_model_len, distributed_executor_backend="uni",
+                       **engine_args)
 
 
 _EXPERT_COUNT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts")

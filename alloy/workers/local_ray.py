@@ -53,7 +53,7 @@ def ray_session(address: str = "local", num_cpus: int | None = None) -> Iterator
         yield False
         return
     reaper = None
-    before = set(_descendants(os.getpid()))
+    before = set(descendants(os.getpid()))
     previous = signal.getsignal(signal.SIGTERM)
     try:
         if address == "local":
@@ -70,7 +70,7 @@ def ray_session(address: str = "local", num_cpus: int | None = None) -> Iterator
         try:
             ray.shutdown()
             if address == "local":  # agents that outlived the raylet
-                stop_processes([p for pid, p in _descendants(os.getpid()).items() if pid not in before])
+                stop_processes([p for pid, p in descendants(os.getpid()).items() if pid not in before])
         finally:
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGTERM, previous)
@@ -103,7 +103,7 @@ def reap_after(pid: int) -> list[int]:
     known: dict[int, psutil.Process] = {}
     me = os.getpid()  # a child of the driver too
     while _running(driver):
-        known.update({child: p for child, p in _descendants(pid).items() if child not in known and child != me})
+        known.update({child: p for child, p in descendants(pid).items() if child not in known and child != me})
         time.sleep(REAPER_POLL_S)
     alive = [p for p in known.values() if p.is_running()]  # is_running also compares the start time
     stop_processes(alive)
@@ -123,7 +123,8 @@ def stop_processes(processes: list) -> None:
             p.kill()
 
 
-def _descendants(pid: int) -> dict:
+def descendants(pid: int) -> dict:
+    """Every process below `pid`, by pid (none once it is gone)."""
     import psutil
 
     try:
