@@ -68,11 +68,16 @@ def read_all(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def disk_child(tmp_path, recipe: dict, tag: str) -> dict[str, torch.Tensor]:
-    """The child `alloy merge` writes for `recipe` under `tmp_path/tag`, read back as tensors."""
+def merged_child(root: Path, recipe: dict, tag: str) -> Path:
+    """The child of `recipe` as `alloy merge` writes it, in root/tag (its recipe in root/tag.yaml)."""
     from alloy.cli import main
 
-    path = tmp_path / f"{tag}.yaml"
+    path = root / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert main(["merge", str(path), str(tmp_path / tag), "--quiet"]) == 0
-    return read_all(tmp_path / tag)
+    assert main(["merge", str(path), str(root / tag), "--quiet"]) == 0
+    return root / tag
+
+
+def disk_child(tmp_path: Path, recipe: dict, tag: str) -> dict[str, torch.Tensor]:
+    """The child `alloy merge` writes for `recipe` under `tmp_path/tag`, read back as tensors."""
+    return read_all(merged_child(tmp_path, recipe, tag))

@@ -34,3 +34,8 @@ def write_space(folder: Path, data: dict | None = None, make_parents: bool = Tru
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def final_result(rung: int, score: float) -> dict:
+    """A trial's Tune result at `rung` with its aime24 score (what the sweep's searcher is told)."""
+    return {"rung": rung, "aime24/exact_match": score, "recipe_hash": "h", "training_iteration": rung + 1}

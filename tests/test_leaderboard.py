@@ -1,7 +1,6 @@
 """The leaderboard: Pareto flags against brute force, statuses, atomic Parquet writes, the board view."""
 from __future__ import annotations
 
-import json
 import random
 
 import pyarrow.parquet as pq
@@ -11,11 +10,7 @@ from alloy.cli import main
 from alloy.errors import AlloyError
 from alloy.search.leaderboard import (Leaderboard, leaderboard_meta, pareto_mask, read_leaderboard, render_board,
                                       select_rows)
-
-OBJECTIVES = [{"metric": "aime24/exact_match", "direction": "maximize"},
-              {"metric": "tokens_mean", "direction": "minimize"}]
-RUNGS = [4, 16]
-
+from tests.boards import OBJECTIVES, RUNGS, make_board, row
 
 def brute_front(points, directions):
     signs = [1 if d == "maximize" else -1 for d in directions]
@@ -34,26 +29,6 @@ def test_pareto_mask_matches_brute_force():
             points = [[round(rng.random(), 1) for _ in directions] for _ in range(25)]
             assert pareto_mask(points, directions) == brute_front(points, directions)
     assert pareto_mask([[1.0, float("nan")], [0.5, 2.0]], ["maximize", "minimize"]) == [False, True]
-
-
-def row(trial, rung, status, score, tokens, **extra):
-    return {"trial": trial, "trial_id": f"t{trial}", "recipe_hash": f"h{trial}", "recipe": json.dumps({"t": trial}),
-            "status": status, "error": None, "rung": rung, "n_samples": RUNGS[rung], "cached": False,
-            "reference": None, "aime24/exact_match": score, "tokens_mean": tokens, "merge_s": 1.0, "eval_s": 2.0,
-            "param.default.weight.A": 0.1 * trial, "param.default.merge_method": "linear", **extra}
-
-
-def make_board(path):
-    board = Leaderboard(path, OBJECTIVES, RUNGS)
-    board.upsert(row(0, 0, "ok", 0.5, 900.0, reference="uniform"))
-    board.upsert(row(0, 1, "ok", 0.6, 1000.0, reference="uniform"))
-    board.upsert(row(1, 0, "ok", 0.4, 500.0))
-    board.upsert(row(1, 1, "ok", 0.45, 600.0))
-    board.upsert(row(2, 0, "pruned", 0.9, 100.0))          # best numbers, but stopped at the first rung
-    board.upsert(row(3, 0, "ok", 0.3, 1200.0))
-    board.upsert(row(3, 1, "ok", 0.3, 1200.0))             # dominated
-    board.upsert(row(4, 0, "failed", None, None, error="RuntimeError: out of memory"))
-    return board
 
 
 def test_leaderboard_rows_statuses_and_pareto(tmp_path):

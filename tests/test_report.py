@@ -15,7 +15,7 @@ import pytest
 from alloy.cli import main
 from alloy.search.leaderboard import Leaderboard, read_leaderboard
 from alloy.search.report import correlation_importances, render_report, write_report
-from tests.test_leaderboard import make_board
+from tests.boards import make_board
 
 TASKS = ["aime24/exact_match", "gpqa_diamond/exact_match", "livecodebench/pass@1"]
 OBJECTIVES = [*({"metric": m, "direction": "maximize"} for m in TASKS), {"metric": "tokens_mean", "direction": "minimize"}]

@@ -15,8 +15,7 @@ from alloy.evaluation.intervals import wilson
 from alloy.search.runner import make_runner
 from alloy.search.samplers import SAMPLERS, SCALAR_METRIC, RestartingCmaEsSampler, run_round, scalarize
 from alloy.search.space import SearchSpace, load_space
-from tests.spaces import space_dict, write_space
-from tests.test_sweep import final_result
+from tests.spaces import final_result, space_dict, write_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

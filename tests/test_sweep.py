@@ -19,7 +19,7 @@ from alloy.search.leaderboard import pareto_mask
 from alloy.search.space import load_space
 from alloy.workers.local_ray import stop_processes
 from tests.processes import descendants, gone, runs_ray
-from tests.spaces import space_dict, write_space
+from tests.spaces import final_result, space_dict, write_space
 
 REPO = Path(__file__).resolve().parents[1]
 State = optuna.trial.TrialState
@@ -28,10 +28,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def study_of(sweep: Path) -> optuna.Study:
     return optuna.load_study(study_name="alloy", storage=f"sqlite:///{sweep / 'study.db'}")
-
-
-def final_result(rung: int, score: float) -> dict:
-    return {"rung": rung, "aime24/exact_match": score, "recipe_hash": "h", "training_iteration": rung + 1}
 
 
 # --------------------------------------------------------------------------------------------------

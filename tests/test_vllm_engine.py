@@ -12,44 +12,15 @@ from __future__ import annotations
 import gc
 
 import pytest
-import yaml
 
 pytest.importorskip("vllm")
 
-from alloy.cli import main  # noqa: E402
 from alloy.errors import AlloyError  # noqa: E402
 from alloy.io.checkpoint import Checkpoint  # noqa: E402
-from tests.parents import write_parents  # noqa: E402
+from tests.parents import merged_child, write_parents  # noqa: E402
+from tests.vllm_swaps import greedy, recipes, swap_each  # noqa: E402
 
 ARCHS = ("llama", "qwen3_moe", "deepseek_v3")
-PROMPTS = [list(range(10, 40)), [1, 7, 9, 11], list(range(100, 430))]  # the last is longer than a cache block
-
-
-def recipes(paths) -> list[dict]:
-    v3, r1, r2 = (str(p) for p in paths)
-    return [
-        {"merge_method": "linear", "models": [{"model": v3, "parameters": {"weight": 0.2}},
-                                              {"model": r1, "parameters": {"weight": 0.5}},
-                                              {"model": r2, "parameters": {"weight": 0.3}}]},
-        {"merge_method": "linear", "base_model": v3, "dtype": "bfloat16",
-         "models": [{"model": v3, "parameters": {"weight": 1.0}}, {"model": r1, "parameters": {"weight": 0.0}},
-                    {"model": r2, "parameters": {"weight": 0.0}}],
-         "groups": {"routed_experts": {"merge_method": "aoe", "parameters": {"threshold": 0.01},
-                                       "model_parameters": {v3: {"weight": 0.0}, r1: {"weight": 0.6},
-                                                            r2: {"weight": 0.4}}},
-                    "attention": {"model_parameters": {v3: {"weight": 0.0}, r1: {"weight": 0.0},
-                                                       r2: {"weight": 1.0}}}}},
-    ]
-
-
-def greedy(llm) -> list[list[int]]:
-    from vllm import SamplingParams
-
-    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(max_tokens=12, temperature=0),
-                           use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outputs]
-
-
 def evaluation(llm, shared_data):
     from alloy.evaluation import evaluate
     from alloy.evaluation.vllm_lm import ThinkingVLLM
@@ -58,22 +29,6 @@ def evaluation(llm, shared_data):
     result = evaluate(lm, None, ["aime24", "math500"], limit=2, max_gen_toks=16, data_dir=shared_data,
                       log_samples=True)
     return result.to_dict()["tasks"]
-
-
-def swap_each(engine, children: list[dict], measure=greedy) -> list:
-    """`measure(engine.llm)` after swapping in each child in turn, and then the first child again."""
-    outputs = []
-    for recipe in (*children, children[0]):
-        engine.swap(recipe)
-        outputs.append(measure(engine.llm))
-    return outputs
-
-
-def merged_child(root, i: int, recipe: dict):
-    """The child of `recipe` as `alloy merge` writes it, in root/child{i}."""
-    (root / f"r{i}.yaml").write_text(yaml.safe_dump(recipe))
-    assert main(["merge", str(root / f"r{i}.yaml"), str(root / f"child{i}"), "--quiet"]) == 0
-    return root / f"child{i}"
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -98,7 +53,7 @@ def swapped(request, local_ray, tmp_path_factory, tiny_tokenizer, shared_data):
     swaps = swap_each(engine, children, measure)
     fresh = []
     for i, recipe in enumerate(children):
-        child = merged_child(root, i, recipe)
+        child = merged_child(root, recipe, f"child{i}")
         llm = local_engine(str(child), dtype=cpu_dtype(Checkpoint.open(child).config), enforce_eager=True)
         fresh.append(measure(llm))
         del llm
@@ -166,7 +121,7 @@ def test_tensor_parallel_2_on_cpu(local_ray, tmp_path, tiny_tokenizer):
     gc.collect()
     assert swapped[0] != swapped[1] and swapped[2] == swapped[0]
     for i, recipe in enumerate(children):
-        llm = local_engine(str(merged_child(tmp_path, i, recipe)), dtype="float32", enforce_eager=True)
+        llm = local_engine(str(merged_child(tmp_path, recipe, f"child{i}")), dtype="float32", enforce_eager=True)
         assert greedy(llm) == swapped[i]
         del llm
         gc.collect()

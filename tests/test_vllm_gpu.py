@@ -16,8 +16,8 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("vllm")
 
-from tests.parents import to_fp8_checkpoint, write_parents  # noqa: E402
-from tests.test_vllm_engine import greedy, merged_child, recipes, swap_each  # noqa: E402
+from tests.parents import merged_child, to_fp8_checkpoint, write_parents  # noqa: E402
+from tests.vllm_swaps import greedy, recipes, swap_each  # noqa: E402
 
 
 def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype: str | None = None,
@@ -37,7 +37,7 @@ def swap_against_fresh(root, paths, sweep: str, tensor_parallel: int, out_dtype:
     gc.collect()
     assert swapped[2] == swapped[0] and swapped[0] != swapped[1]
     for i, recipe in enumerate(children):
-        llm = LLM(model=str(merged_child(root, i, recipe)), tensor_parallel_size=tensor_parallel,
+        llm = LLM(model=str(merged_child(root, recipe, f"child{i}")), tensor_parallel_size=tensor_parallel,
                   pipeline_parallel_size=stages, dtype="bfloat16", distributed_executor_backend="mp",
                   gpu_memory_utilization=0.3)
         assert greedy(llm) == swapped[i]

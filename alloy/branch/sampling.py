@@ -14,7 +14,6 @@ it finished ("eos", or "length" when it was cut at the token budget).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
