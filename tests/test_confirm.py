@@ -78,8 +78,13 @@ def test_a_lead_on_the_same_questions_is_tested_paired(tmp_path):
     table = read_leaderboard(tmp_path / "leaderboard.parquet")
     assert table.column(f"{METRIC}.questions").to_pylist() == [parent[f"{METRIC}.questions"],
                                                                consistent[f"{METRIC}.questions"]]
-    text = render_board(select_rows(table), table)
+    text = render_board(select_rows(table, top=1), table)
     assert "*" in text.splitlines()[1].split() and "within the 95% intervals" not in text
+    # the winner's paired gap to the parent, with the parent's row not among those shown
+    assert f"trial 1 − parent:A on the same questions (95% interval): {METRIC} +0.150 [+0.0" in text
+    from alloy.search.report import render_report
+
+    assert "The winner after confirmation against each parent" in render_report(table)
     with pytest.raises(AlloyError, match="per-question values; sort by the score"):
         select_rows(table, sort=f"{METRIC}.questions")
 

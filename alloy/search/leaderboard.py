@@ -246,6 +246,26 @@ def paired_row_gap(a: Mapping[str, Any], b: Mapping[str, Any],
     return paired_gap(pairs)
 
 
+def winner_gaps(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]
+                ) -> list[tuple[dict, dict, dict[str, tuple[float, float, float]]]]:
+    """For each confirmed winner among `rows` (`best`, not a parent) and each parent confirmed with it
+    (a `parent:` reference at the same rung): (winner, parent, {metric: paired gap (gap, lo, hi)}) over
+    the score objectives among `metrics` that both rows hold per-question values of."""
+    from alloy.search.space import is_token_metric
+
+    scores = [m for m in metrics if not is_token_metric(m)]
+    found = []
+    for winner in rows:
+        if not winner.get("best") or (winner.get("reference") or "").startswith("parent:"):
+            continue
+        for parent in rows:
+            if (parent.get("reference") or "").startswith("parent:") and parent["rung"] == winner["rung"]:
+                gaps = {m: gap for m in scores if (gap := paired_row_gap(winner, parent, [m])) is not None}
+                if gaps:
+                    found.append((dict(winner), dict(parent), gaps))
+    return found
+
+
 def leaderboard_path(sweep: str | Path) -> Path:
     """The leaderboard file of a sweep folder (or the file itself when given one)."""
     sweep = Path(sweep)
@@ -325,7 +345,8 @@ def select_rows(table: Any, top: int | None = None, pareto_only: bool = False, s
 def render_board(rows: Sequence[dict], table: Any) -> str:
     """A plain-text table of leaderboard rows: trial, status, rung, objectives with their 95% intervals,
     tokens, the Pareto and best marks, free params. `best` is `*` for a confirmed winner whose lead over
-    every parent is beyond the intervals and `~` for one whose lead over some parent is not."""
+    every parent is beyond the intervals and `~` for one whose lead over some parent is not; then each
+    winner's paired gap to each parent (`winner_gaps`, over the whole table)."""
     meta = leaderboard_meta(table)
     metrics = [o["metric"] for o in meta["objectives"]]
     extra = [] if "tokens_mean" in metrics else ["tokens_mean"]
@@ -347,6 +368,9 @@ def render_board(rows: Sequence[dict], table: Any) -> str:
     out += [f"trial {r['trial']} failed: {r['error']}" for r in failed]
     if any(r.get("best") and r.get("clear_lead") is False for r in rows):
         out.append("~ best after confirmation, but its lead over some parent is within the 95% intervals")
+    for winner, parent, gaps in winner_gaps([r for r in table.to_pylist() if r["latest"]], metrics):
+        cells = "  ".join(f"{m} {g:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (g, lo, hi) in gaps.items())
+        out.append(f"trial {winner['trial']} − {parent['reference']} on the same questions (95% interval): {cells}")
     return "\n".join(out)
 
 

@@ -6,7 +6,8 @@ scores with their intervals from the `.lo`/`.hi` columns, free coefficients; err
 intervals); the combined score (the mean of the task objectives, as in the demo's verdict) against
 each free coefficient; parameter importances (Optuna's `get_param_importances` on the study for the
 combined score, or |Spearman ρ| with it on the leaderboard when the study cannot give them); how much
-evaluation ASHA saved; the best recipes; every trial.
+evaluation ASHA saved; the best recipes, with the confirmed winner's paired gaps to each parent; every
+trial.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 
 from alloy.io.atomic import atomic_write_text
 from alloy.search.leaderboard import (INTERVAL_SUFFIXES, PARAM_PREFIX, combined_score, leaderboard_meta, pareto_mask,
-                                      read_leaderboard, task_metrics)
+                                      read_leaderboard, task_metrics, winner_gaps)
 from alloy.search.space import is_token_metric
 
 COMBINED = "combined score"
@@ -293,7 +294,28 @@ def _best_table(view: _View, top: int = 10) -> str:
                     f"<pre>{_esc(json.dumps(coefficients, indent=1))}</pre><pre>{_esc(recipe)}</pre></details></td></tr>")
     return (f"<p>The best {len(best)} trials at the full rung by {COMBINED}; scores with their 95% intervals "
             f"where the leaderboard has them.</p><table><tr><th>trial</th><th>Pareto</th><th>{COMBINED}</th>{head}"
-            f"<th>reference</th><th>coefficients and recipe</th></tr>" + "".join(body) + "</table>")
+            f"<th>reference</th><th>coefficients and recipe</th></tr>" + "".join(body) + "</table>"
+            + _winner_gaps_table(view))
+
+
+def _winner_gaps_table(view: _View) -> str:
+    """The confirmed winners' paired gaps to each parent (`leaderboard.winner_gaps`), when there are any."""
+    found = winner_gaps(view.latest, [o["metric"] for o in view.objectives])
+    if not found:
+        return ""
+    metrics = list(dict.fromkeys(m for _, _, gaps in found for m in gaps))
+    head = "".join(f"<th>{_esc(m)}</th>" for m in metrics)
+    body = "".join(
+        f"<tr><td>{winner['trial']}</td><td>{_esc(parent['reference'])}</td>"
+        + "".join(f"<td class='num'>{_gap_text(gaps.get(m))}</td>" for m in metrics) + "</tr>"
+        for winner, parent, gaps in found)
+    return ("<p>The winner after confirmation against each parent: the gap in each score on the same "
+            "questions, with its paired 95% interval (a lead is beyond the noise when the interval lies above "
+            f"0).</p><table><tr><th>winner</th><th>parent</th>{head}</tr>{body}</table>")
+
+
+def _gap_text(gap: tuple[float, float, float] | None) -> str:
+    return "-" if gap is None else f"{gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}]"
 
 
 def _trials_table(view: _View) -> str:
