@@ -242,7 +242,7 @@ class EvalResult:
     thinking_tokens: TokenStats
     config: dict[str, Any]
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, Any]:
         """A flat view: "task/metric" scores with their intervals ("task/metric.lo", ".hi") and
         per-question values ("task/metric.questions", a list), "task/n_samples" (the questions scored),
         "task/output_tokens_mean" (and median, p90, thinking), and pooled "output_tokens_mean",

@@ -46,9 +46,7 @@ ONE_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **HOST_ENGINE_ENV}
 def host_engine(model: str, **engine_args: Any) -> LLM:
     """A vLLM engine for the model folder `model` on this host: `HOST_ENGINE_ENV` where the environment
     does not say otherwise, the CPU build's engine arguments (`cpu_engine_args`), and the check of the
-    process's parallel groups (`check_process_groups`). `engine_args` go to `LLM`.
-
-    """
+    process's parallel groups (`check_process_groups`). `engine_args` go to `LLM`."""
     for key, value in HOST_ENGINE_ENV.items():
         os.environ.setdefault(key, value)
     check_process_groups(model)
