@@ -75,6 +75,35 @@ def test_sweep_search_adopts_trials_the_driver_lost(tmp_path):
     assert states == {0: State.PRUNED, 1: State.COMPLETE, 2: State.RUNNING}
 
 
+def test_sweep_search_adopts_a_trial_it_saved_but_tune_did_not(tmp_path):
+    """The searcher's state saved with a trial that Tune's saved experiment lacks (the driver died between
+    the two saves): after a restore that trial is an orphan the next Tune trial takes over, and a trial
+    Tune did save stays its own."""
+    import json
+
+    from alloy.search.sweep import TRIAL_KEY, SweepSearch
+
+    space = load_space(write_space(tmp_path, space_dict(search={"sampler": "tpe", "seed": 3})))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    search = SweepSearch(space, storage, "alloy")
+    search.suggest("a")
+    lost = search.suggest("b")
+    tune_dir = tmp_path / "tune"
+    tune_dir.mkdir()
+    search.save(str(tune_dir / "searcher-state-2026-01-01_00-00-00.pkl"))
+    trial = json.dumps({"trial_id": "a", "stub": False})                # Tune saved trial "a" only
+    (tune_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [[trial, "{}"]]}))
+
+    restored = SweepSearch(space, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"), "alloy",
+                           enqueue_start=False)
+    restored.restore_from_dir(str(tune_dir))
+    adopted = restored.suggest("c")
+    assert adopted == lost and adopted[TRIAL_KEY] == 1
+    restored.on_trial_complete("a", final_result(2, 0.5))
+    restored.on_trial_complete("c", final_result(2, 0.4))
+    assert {t.number: t.state for t in restored.study.get_trials()} == {0: State.COMPLETE, 1: State.COMPLETE}
+
+
 def test_sweep_refuses_bad_folders_before_ray(tmp_path):
     from alloy.search.sweep import run_sweep
 
