@@ -217,7 +217,7 @@ def run_demo(out: str | Path = "alloy-demo", seed: int = 0, scale: DemoScale = D
                     run_sweep(space, sweep, resume=(sweep / "study.db").is_file())
         term.line("[4/4] leaderboard (each expert alone is a reference row; scores with 95% intervals)")
         table = read_leaderboard(sweep)
-        term.line(render_board(select_rows(table), table))
+        term.line(render_board(select_rows(table), table, gaps=False))  # the verdict gives the combined gaps
         term.line(f"report: {write_report(sweep)}")
         result = verdict(sweep)
         term.line(result.render())

@@ -342,11 +342,11 @@ def select_rows(table: Any, top: int | None = None, pareto_only: bool = False, s
     return rows[:top] if top else rows
 
 
-def render_board(rows: Sequence[dict], table: Any) -> str:
+def render_board(rows: Sequence[dict], table: Any, gaps: bool = True) -> str:
     """A plain-text table of leaderboard rows: trial, status, rung, objectives with their 95% intervals,
     tokens, the Pareto and best marks, free params. `best` is `*` for a confirmed winner whose lead over
-    every parent is beyond the intervals and `~` for one whose lead over some parent is not; then each
-    winner's paired gap to each parent (`winner_gaps`, over the whole table)."""
+    every parent is beyond the intervals and `~` for one whose lead over some parent is not; then, with
+    `gaps`, each winner's paired gap to each parent (`winner_gaps`, over the whole table)."""
     meta = leaderboard_meta(table)
     metrics = [o["metric"] for o in meta["objectives"]]
     extra = [] if "tokens_mean" in metrics else ["tokens_mean"]
@@ -368,8 +368,9 @@ def render_board(rows: Sequence[dict], table: Any) -> str:
     out += [f"trial {r['trial']} failed: {r['error']}" for r in failed]
     if any(r.get("best") and r.get("clear_lead") is False for r in rows):
         out.append("~ best after confirmation, but its lead over some parent is within the 95% intervals")
-    for winner, parent, gaps in winner_gaps([r for r in table.to_pylist() if r["latest"]], metrics):
-        cells = "  ".join(f"{m} {g:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (g, lo, hi) in gaps.items())
+    shown = winner_gaps([r for r in table.to_pylist() if r["latest"]], metrics) if gaps else []
+    for winner, parent, found in shown:
+        cells = "  ".join(f"{m} {g:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (g, lo, hi) in found.items())
         out.append(f"trial {winner['trial']} − {parent['reference']} on the same questions (95% interval): {cells}")
     return "\n".join(out)
 
