@@ -131,3 +131,25 @@ def test_a_stopped_driver_leaves_no_ray_process(tmp_path):
         assert not left, [(p.pid, p.name()) for p in left]
     finally:
         kill_group(proc)
+
+
+SWALLOWED_SIGTERM = """
+import os, signal, time
+from alloy.workers import local_ray
+local_ray.SIGTERM_DEADLINE_S = 1.0
+signal.signal(signal.SIGTERM, local_ray._exit_on_sigterm)
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except SystemExit:
+    pass  # swallowed where it landed, as a finalizer or a callback would
+time.sleep(60)
+"""
+
+
+def test_a_driver_whose_sigterm_exit_is_swallowed_still_exits():
+    """SIGTERM's SystemExit can land where it is swallowed; the driver then exits with 143 at its deadline."""
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", SWALLOWED_SIGTERM], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
+    assert time.monotonic() - started < 30

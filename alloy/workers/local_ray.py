@@ -3,7 +3,8 @@ or a connection to a cluster.
 
 `ray_session("local")` starts Ray inside the driver process and shuts it down on the way out,
 including on SIGTERM (turned into `SystemExit(143)` while the session is open, so `finally` blocks
-run). A driver killed outright (SIGKILL, OOM) cannot clean up after itself, and Ray's node agents
+run; where that exception is swallowed, in a finalizer or a callback that only prints what it raised,
+the driver exits with 143 anyway `SIGTERM_DEADLINE_S` later, and the reaper stops what is left). A driver killed outright (SIGKILL, OOM) cannot clean up after itself, and Ray's node agents
 (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) outlive their raylet. So the embedded session also
 starts a reaper, `python -m alloy.workers.local_ray PID`, in its own session: it keeps the list of the
 driver's descendant processes and, once the driver is gone, terminates those still alive.
@@ -21,12 +22,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 REAPER_POLL_S = 1.0
 TERM_GRACE_S = 5.0
+# How long a driver given SIGTERM has to shut down before it exits without finishing (see the module doc).
+SIGTERM_DEADLINE_S = 60.0
 START_LOCK = Path(tempfile.gettempdir()) / "alloy-ray-start.lock"
 
 
@@ -80,6 +84,9 @@ def ray_session(address: str = "local", num_cpus: int | None = None) -> Iterator
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    deadline = threading.Timer(SIGTERM_DEADLINE_S, os._exit, args=(128 + signum,))
+    deadline.daemon = True
+    deadline.start()
     raise SystemExit(128 + signum)
 
 
