@@ -199,11 +199,13 @@ def test_misbehaving_solutions_fail_and_scoring_continues(problems, tmp_path):
             "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n" + correct,
         }
         limits = SandboxLimits(wall_s=2.0, memory_bytes=2 * 1024**3, processes=32)
+        roomy = SandboxLimits(wall_s=10.0, memory_bytes=2 * 1024**3, processes=32)
         try:
             for name, code in bad.items():
                 assert score_responses(problem, [fenced(code)], limits)["pass@1"] == 0.0, name
                 assert not sandbox_processes(), name
-                assert score_responses(problem, [fenced(correct)], limits)["pass@1"] == 1.0, name
+                # scoring goes on: a correct solution still passes (with room for a busy machine)
+                assert score_responses(problem, [fenced(correct)], roomy)["pass@1"] == 1.0, name
             assert not outside.exists()
         finally:
             outside.unlink(missing_ok=True)
