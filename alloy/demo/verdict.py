@@ -120,11 +120,9 @@ def verdict(sweep: str | Path) -> DemoVerdict:
                    if (r.get("reference") or "").startswith("parent:")}
     merges = sorted(((r, c) for r, c in scored if not r.get("reference")), key=lambda rc: rc[0]["trial"])
     best = max(merges, key=lambda rc: rc[1].score, default=None)
+    experts = {label: c for label, (_, c) in expert_rows.items()}
     if best is None:
-        return DemoVerdict(None, None, {label: c for label, (_, c) in expert_rows.items()})
-    gaps = {}
-    for label, (row, _) in expert_rows.items():
-        gap = paired_row_gap(best[0], row, tasks)
-        if gap is not None:
-            gaps[label] = Combined(*gap)
-    return DemoVerdict(best[0]["trial"], best[1], {label: c for label, (_, c) in expert_rows.items()}, gaps)
+        return DemoVerdict(None, None, experts)
+    gaps = {label: Combined(*gap) for label, (row, _) in expert_rows.items()
+            if (gap := paired_row_gap(best[0], row, tasks)) is not None}
+    return DemoVerdict(best[0]["trial"], best[1], experts, gaps)

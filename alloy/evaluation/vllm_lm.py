@@ -50,9 +50,7 @@ def host_engine(model: str, **engine_args: Any) -> LLM:
     for key, value in HOST_ENGINE_ENV.items():
         os.environ.setdefault(key, value)
     check_process_groups(model)
-    llm = LLM(model=model, **{**cpu_engine_args(), **engine_args})
-    release_import_frames()
-    return llm
+    return LLM(model=model, **{**cpu_engine_args(), **engine_args})
 
 
 def release_import_frames() -> None:
@@ -70,7 +68,7 @@ def release_import_frames() -> None:
         exc = exc.__cause__ or exc.__context__
 
 
-release_import_frames()  # the stack that imports this module (`from vllm import LLM` imports them)
+release_import_frames()  # once: `from vllm import LLM` above has imported them, with the importer's stack
 
 
 def local_engine(model: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
